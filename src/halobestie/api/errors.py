@@ -1,0 +1,99 @@
+"""The one place that maps the domain's error tree to HTTP status codes.
+
+Every error leaves as `{"error": code, "detail": ...}`; nothing internal (stack traces,
+SQL, secrets) reaches a client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+from .. import errors as e
+from ..db import UNREACHABLE
+from ..logs import get_logger
+
+log = get_logger(__name__)
+
+STATUS: list[tuple[type[e.DomainError], int]] = [
+    (e.InvalidRequest, 422),
+    (e.NotFound, 404),
+    (e.Conflict, 409),
+    (e.AuthError, 401),
+    (e.Forbidden, 403),
+    (e.DatabaseUnavailable, 503),
+    (e.ValkeyUnavailable, 503),
+]
+
+HTTP_CODES = {
+    400: "bad_request",
+    401: "invalid_token",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def error_response(status: int, code: str, detail: Any, **headers: str) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+def status_for(exc: e.DomainError) -> int:
+    for cls, status in STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 400
+
+
+async def _domain(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, e.DomainError)
+    status = status_for(exc)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    if status == 503:
+        headers["Retry-After"] = "1"
+    return error_response(status, exc.code, exc.detail, **headers)
+
+
+def _describe(err: dict[str, Any]) -> str:
+    where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+    return f"{where}: {err.get('msg', 'invalid')}"
+
+
+async def _validation(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errs = list(exc.errors())
+    detail = "; ".join(_describe(err) for err in errs[:10]) or "invalid request"
+    return error_response(422, "invalid_request", detail)
+
+
+async def _http(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = HTTP_CODES.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, exc.detail, **(exc.headers or {}))
+
+
+async def _unreachable(_: Request, exc: Exception) -> JSONResponse:
+    log.warning("postgres_unreachable_unwrapped", error=type(exc).__name__)
+    return error_response(
+        503, "database_unavailable", "Postgres is unreachable", **{"Retry-After": "1"}
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled_error", path=request.url.path, error=type(exc).__name__, exc_info=exc)
+    return error_response(500, "internal_error", "unexpected error; it has been logged")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(e.DomainError, _domain)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    for cls in UNREACHABLE:
+        app.add_exception_handler(cls, _unreachable)
+    app.add_exception_handler(Exception, _unexpected)

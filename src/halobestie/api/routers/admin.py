@@ -1,0 +1,94 @@
+"""Admin: mitras, dashboard, drift and reseed."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from fastapi import APIRouter
+
+from ...auth.actions import do_create_user
+from ...availability.actions import do_set_mitra_active
+from ...availability.drift import compute_drift
+from ...availability.queries import availability_counts
+from ...availability.seed import seed_mirror
+from ...availability.status import list_mitra_views, overlay_heartbeats
+from ...errors import MirrorUnavailable, ValkeyUnavailable
+from ..bodies import MitraPatchBody, RegisterBody
+from ..deps import Admin, CtxDep, NowDep
+
+router = APIRouter(prefix="/api/admin", tags=["admin"])
+
+SESSION_COUNTS_SQL = """
+SELECT count(*) FILTER (WHERE status = 'pending_payment') AS pending_payment,
+       count(*) FILTER (WHERE status = 'active') AS active
+FROM chat_sessions WHERE status IN ('pending_payment', 'active')
+"""
+
+
+@router.post("/mitras", status_code=201)
+async def create_mitra(body: RegisterBody, _: Admin, ctx: CtxDep) -> dict[str, Any]:
+    user = await do_create_user(
+        ctx,
+        email=body.email,
+        password=body.password,
+        display_name=body.display_name,
+        role="mitra",
+    )
+    return {
+        "mitra": {
+            "id": str(user.id),
+            "email": user.email,
+            "display_name": user.display_name,
+            "is_active": True,
+            "is_online": False,
+        }
+    }
+
+
+@router.get("/mitras")
+async def list_mitras(_: Admin, ctx: CtxDep) -> dict[str, Any]:
+    views = await overlay_heartbeats(ctx, await list_mitra_views(ctx))
+    return {"mitras": [v.public() for v in views]}
+
+
+@router.patch("/mitras/{mitra_id}")
+async def patch_mitra(
+    mitra_id: UUID, body: MitraPatchBody, _: Admin, ctx: CtxDep, now: NowDep
+) -> dict[str, Any]:
+    view = await do_set_mitra_active(ctx, mitra_id, body.is_active, now)
+    return {"mitra": view.public()}
+
+
+@router.get("/dashboard")
+async def dashboard(_: Admin, ctx: CtxDep, now: NowDep) -> dict[str, Any]:
+    counts = await availability_counts(ctx, now)
+    async with ctx.db.connection() as conn:
+        sessions = await conn.fetchrow(SESSION_COUNTS_SQL)
+    return {
+        "online_count": counts.online,
+        "available_count": counts.available,
+        "deactivated_count": counts.deactivated,
+        "sessions": {"pending_payment": sessions["pending_payment"], "active": sessions["active"]},
+        "source": counts.source,
+    }
+
+
+@router.post("/availability/reseed")
+async def reseed(_: Admin, ctx: CtxDep) -> dict[str, int]:
+    try:
+        counts = await seed_mirror(ctx, "manual")
+    except MirrorUnavailable:
+        raise ValkeyUnavailable(
+            "Valkey is unreachable; the mirror reseeds itself when it returns"
+        ) from None
+    return counts.as_dict()
+
+
+@router.get("/availability/drift")
+async def drift(_: Admin, ctx: CtxDep) -> dict[str, Any]:
+    try:
+        report = await compute_drift(ctx)
+    except MirrorUnavailable:
+        raise ValkeyUnavailable("Valkey is unreachable; drift cannot be measured") from None
+    return report.as_dict()

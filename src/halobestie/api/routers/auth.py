@@ -1,0 +1,39 @@
+"""POST /api/auth/{register,login,refresh,logout}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from ...auth import actions
+from ..bodies import LoginBody, RefreshBody, RegisterBody
+from ..deps import AnyUser, CtxDep, NowDep
+
+router = APIRouter(prefix="/api/auth", tags=["auth"])
+
+
+@router.post("/register", status_code=201)
+async def register(body: RegisterBody, ctx: CtxDep, now: NowDep) -> dict[str, Any]:
+    login = await actions.do_register_customer(
+        ctx, email=body.email, password=body.password, display_name=body.display_name, now=now
+    )
+    return login.public()
+
+
+@router.post("/login")
+async def login(body: LoginBody, ctx: CtxDep, now: NowDep) -> dict[str, Any]:
+    result = await actions.do_login(ctx, email=body.email, password=body.password, now=now)
+    return result.public()
+
+
+@router.post("/refresh")
+async def refresh(body: RefreshBody, ctx: CtxDep, now: NowDep) -> dict[str, Any]:
+    result = await actions.do_refresh_session(ctx, refresh_token=body.refresh_token, now=now)
+    return result.public()
+
+
+@router.post("/logout", status_code=204)
+async def logout(principal: AnyUser, ctx: CtxDep, now: NowDep) -> Response:
+    await actions.do_logout(ctx, principal, now)
+    return Response(status_code=204)

@@ -1,0 +1,34 @@
+"""The mitra's own status (the heartbeat itself is on the lean hot path)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from ...availability.actions import do_go_offline, do_go_online
+from ...availability.status import get_mitra_view, overlay_heartbeats
+from ..deps import CtxDep, Mitra, NowDep
+
+router = APIRouter(prefix="/api/mitra", tags=["mitra"])
+
+
+@router.post("/status/online")
+async def go_online(principal: Mitra, ctx: CtxDep, now: NowDep) -> dict[str, Any]:
+    await do_go_online(ctx, principal.user_id, now)
+    return {"is_online": True}
+
+
+@router.post("/status/offline")
+async def go_offline(principal: Mitra, ctx: CtxDep, now: NowDep) -> dict[str, Any]:
+    await do_go_offline(ctx, principal.user_id, now)
+    return {"is_online": False}
+
+
+@router.get("/status")
+async def status(principal: Mitra, ctx: CtxDep) -> dict[str, Any]:
+    [view] = await overlay_heartbeats(ctx, [await get_mitra_view(ctx, principal.user_id)])
+    public = view.public()
+    return {
+        k: public[k] for k in ("is_online", "is_active", "last_heartbeat_at", "active_sessions")
+    }

@@ -1,0 +1,1 @@
+"""Users, roles, auth sessions and tokens."""

@@ -1,0 +1,201 @@
+"""Writes of auth: registration, login, refresh rotation, logout, admin-made users."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+from uuid import UUID
+
+import asyncpg
+
+from ..context import Context
+from ..db import Database
+from ..errors import AccountDeactivated, EmailTaken, InvalidCredentials, InvalidToken
+from ..logs import get_logger
+from .passwords import hash_password, verify_password
+from .queries import User
+from .tokens import (
+    Principal,
+    hash_refresh_token,
+    issue_access_token,
+    new_refresh_token,
+    same_hash,
+    split_refresh_token,
+)
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Login:
+    user: User
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "user": self.user.public(),
+            "access_token": self.access_token,
+            "refresh_token": self.refresh_token,
+            "token_type": "bearer",
+            "expires_in": self.expires_in,
+        }
+
+
+class HasDb(Protocol):
+    """All that user creation needs, so the CLI can call it without a Valkey client."""
+
+    @property
+    def db(self) -> Database: ...
+
+
+async def do_create_user(
+    ctx: HasDb, *, email: str, password: str, display_name: str, role: str
+) -> User:
+    """Create a user (and its mitras row when role is mitra). EmailTaken on a clash,
+    case-insensitively."""
+    password_hash = await hash_password(password)
+    try:
+        async with ctx.db.transaction() as conn:
+            row = await conn.fetchrow(
+                "INSERT INTO users (email, password_hash, display_name, role)"
+                " VALUES ($1, $2, $3, $4) RETURNING id, email, display_name, role",
+                email,
+                password_hash,
+                display_name,
+                role,
+            )
+            if role == "mitra":
+                await conn.execute("INSERT INTO mitras (id) VALUES ($1)", row["id"])
+    except asyncpg.UniqueViolationError:
+        raise EmailTaken(f"an account with email {email!r} already exists") from None
+    return User(**dict(row))
+
+
+async def do_open_session(ctx: Context, user: User, now: datetime) -> Login:
+    async with ctx.db.connection() as conn:
+        session_id: UUID = await conn.fetchval("SELECT gen_random_uuid()")
+        refresh, refresh_hash = new_refresh_token(session_id)
+        await conn.execute(
+            "INSERT INTO auth_sessions (id, user_id, refresh_token_hash, created_at, expires_at)"
+            " VALUES ($1, $2, $3, $4, $5)",
+            session_id,
+            user.id,
+            refresh_hash,
+            now,
+            now + timedelta(seconds=ctx.settings.refresh_token_ttl_seconds),
+        )
+    return _login(ctx, user, session_id, refresh, now)
+
+
+def _login(ctx: Context, user: User, session_id: UUID, refresh: str, now: datetime) -> Login:
+    ttl = ctx.settings.access_token_ttl_seconds
+    access = issue_access_token(
+        ctx.settings.jwt_secret, Principal(user.id, session_id, user.role), now, ttl
+    )
+    return Login(user, access, refresh, ttl)
+
+
+async def do_register_customer(
+    ctx: Context, *, email: str, password: str, display_name: str, now: datetime
+) -> Login:
+    user = await do_create_user(
+        ctx, email=email, password=password, display_name=display_name, role="customer"
+    )
+    return await do_open_session(ctx, user, now)
+
+
+async def do_login(ctx: Context, *, email: str, password: str, now: datetime) -> Login:
+    async with ctx.db.connection() as conn:
+        row = await conn.fetchrow(
+            "SELECT u.id, u.email, u.display_name, u.role, u.password_hash, m.is_active"
+            " FROM users u LEFT JOIN mitras m ON m.id = u.id WHERE lower(u.email) = lower($1)",
+            email,
+        )
+    ok = await verify_password(row["password_hash"] if row else None, password)
+    if row is None or not ok:
+        raise InvalidCredentials("email or password is wrong")
+    if row["is_active"] is False:
+        raise AccountDeactivated("this mitra account is deactivated; contact an admin")
+    user = User(row["id"], row["email"], row["display_name"], row["role"])
+    return await do_open_session(ctx, user, now)
+
+
+async def do_refresh_session(ctx: Context, *, refresh_token: str, now: datetime) -> Login:
+    """Rotation: the presented token is replaced; presenting a replaced token again is
+    treated as theft and ends the whole auth session."""
+    session_id = split_refresh_token(refresh_token)
+    presented = hash_refresh_token(refresh_token)
+    new_token, new_hash = new_refresh_token(session_id)
+    async with ctx.db.transaction() as conn:
+        row = await conn.fetchrow(
+            "SELECT s.refresh_token_hash, s.expires_at, s.revoked_at,"
+            " u.id, u.email, u.display_name, u.role, m.is_active"
+            " FROM auth_sessions s JOIN users u ON u.id = s.user_id"
+            " LEFT JOIN mitras m ON m.id = u.id WHERE s.id = $1 FOR UPDATE OF s",
+            session_id,
+        )
+        if row is None or row["revoked_at"] is not None:
+            raise InvalidToken("refresh token revoked or unknown; log in again")
+        if row["expires_at"] <= now:
+            raise InvalidToken("refresh token expired; log in again")
+        if row["is_active"] is False:
+            raise AccountDeactivated("this mitra account is deactivated; contact an admin")
+        if not same_hash(row["refresh_token_hash"], presented):
+            await conn.execute(
+                "UPDATE auth_sessions SET revoked_at = $2, revoked_reason = 'refresh_reuse'"
+                " WHERE id = $1",
+                session_id,
+                now,
+            )
+            log.warning("refresh_token_reuse", auth_session=str(session_id))
+            reuse = True
+        else:
+            reuse = False
+            await conn.execute(
+                "UPDATE auth_sessions SET refresh_token_hash = $2, refreshed_at = $3 WHERE id = $1",
+                session_id,
+                new_hash,
+                now,
+            )
+    if reuse:
+        raise InvalidToken("refresh token already used; this login has been ended")
+    user = User(row["id"], row["email"], row["display_name"], row["role"])
+    return _login(ctx, user, session_id, new_token, now)
+
+
+async def do_logout(ctx: Context, principal: Principal, now: datetime) -> None:
+    async with ctx.db.connection() as conn:
+        await conn.execute(
+            "UPDATE auth_sessions SET revoked_at = $3, revoked_reason = 'logout'"
+            " WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
+            principal.session_id,
+            principal.user_id,
+            now,
+        )
+
+
+async def do_ensure_admin(ctx: HasDb, *, email: str, password: str) -> tuple[User, bool]:
+    """Idempotent create-admin: (user, created). An existing admin gets the new password;
+    an existing non-admin with that email is refused."""
+    async with ctx.db.connection() as conn:
+        row = await conn.fetchrow(USER_BY_EMAIL, email)
+    if row is None:
+        name = email.split("@", 1)[0][:80] or "admin"
+        user = await do_create_user(
+            ctx, email=email, password=password, display_name=name, role="admin"
+        )
+        return user, True
+    if row["role"] != "admin":
+        raise EmailTaken(f"{email!r} belongs to a {row['role']}, not an admin")
+    password_hash = await hash_password(password)
+    async with ctx.db.connection() as conn:
+        await conn.execute(
+            "UPDATE users SET password_hash = $2 WHERE id = $1", row["id"], password_hash
+        )
+    return User(row["id"], row["email"], row["display_name"], row["role"]), False
+
+
+USER_BY_EMAIL = "SELECT id, email, display_name, role FROM users WHERE lower(email) = lower($1)"

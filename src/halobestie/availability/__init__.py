@@ -1,0 +1,1 @@
+"""The mitra availability engine: Postgres is the truth, Valkey a derivable mirror."""

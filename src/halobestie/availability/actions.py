@@ -1,0 +1,138 @@
+"""Writes of the availability engine: Postgres commits first, then the mirror follows
+(best effort, logged and counted, never failing the request)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+from ..clock import iso
+from ..context import Context
+from ..errors import MirrorUnavailable, MitraDeactivated, NotFound, NotOnline
+from .status import MitraView, get_mitra_view
+from .sync import sync_mitras
+
+
+async def _explain_refusal(ctx: Context, mitra_id: UUID) -> None:
+    """An UPDATE matched no row: say why, naming the culprit."""
+    async with ctx.db.connection() as c:
+        row = await c.fetchrow("SELECT is_active, is_online FROM mitras WHERE id = $1", mitra_id)
+    if row is None:
+        raise NotFound(f"no mitra with id {mitra_id}")
+    if not row["is_active"]:
+        raise MitraDeactivated(f"mitra {mitra_id} is deactivated")
+    if not row["is_online"]:
+        raise NotOnline(f"mitra {mitra_id} is not online; go online first")
+
+
+async def do_go_online(ctx: Context, mitra_id: UUID, now: datetime) -> None:
+    """Online, with a fresh heartbeat in Postgres too (the fallback judges from it)."""
+    async with ctx.db.connection() as conn:
+        updated = await conn.fetchval(
+            """
+            UPDATE mitras SET is_online = true,
+                   last_heartbeat_at = GREATEST(last_heartbeat_at, $2),
+                   status_changed_at = $2
+            WHERE id = $1 AND is_active RETURNING id
+            """,
+            mitra_id,
+            now,
+        )
+    if updated is None:
+        await _explain_refusal(ctx, mitra_id)
+    await sync_mitras(ctx, [mitra_id])
+
+
+async def do_go_offline(ctx: Context, mitra_id: UUID, now: datetime) -> None:
+    async with ctx.db.connection() as conn:
+        updated = await conn.fetchval(
+            """
+            UPDATE mitras SET is_online = false,
+                   status_changed_at = CASE WHEN is_online THEN $2 ELSE status_changed_at END
+            WHERE id = $1 RETURNING id
+            """,
+            mitra_id,
+            now,
+        )
+    if updated is None:
+        raise NotFound(f"no mitra with id {mitra_id}")
+    await sync_mitras(ctx, [mitra_id])
+
+
+async def do_set_mitra_active(
+    ctx: Context, mitra_id: UUID, active: bool, now: datetime
+) -> MitraView:
+    """Deactivation takes the mitra offline and revokes every auth session it has, in
+    one transaction; the mirror follows after the commit."""
+    async with ctx.db.transaction() as conn:
+        if active:
+            updated = await conn.fetchval(
+                "UPDATE mitras SET is_active = true, status_changed_at = $2 "
+                "WHERE id = $1 RETURNING id",
+                mitra_id,
+                now,
+            )
+        else:
+            updated = await conn.fetchval(
+                "UPDATE mitras SET is_active = false, is_online = false, status_changed_at = $2"
+                " WHERE id = $1 RETURNING id",
+                mitra_id,
+                now,
+            )
+            if updated is not None:
+                await conn.execute(
+                    "UPDATE auth_sessions SET revoked_at = $2, revoked_reason = 'mitra_deactivated'"
+                    " WHERE user_id = $1 AND revoked_at IS NULL",
+                    mitra_id,
+                    now,
+                )
+    if updated is None:
+        raise NotFound(f"no mitra with id {mitra_id}")
+    await sync_mitras(ctx, [mitra_id])
+    return await get_mitra_view(ctx, mitra_id)
+
+
+@dataclass(frozen=True)
+class HeartbeatResult:
+    at: datetime
+    source: str  # "valkey" on the hot path, "postgres" during a Valkey outage
+
+
+HEARTBEAT_FALLBACK_SQL = """
+UPDATE mitras SET last_heartbeat_at = GREATEST(last_heartbeat_at, $2)
+WHERE id = $1 AND is_active AND is_online
+RETURNING id
+"""
+
+
+async def do_record_heartbeat(ctx: Context, mitra_id: UUID, now: datetime) -> HeartbeatResult:
+    """The hot path: one Lua call in Valkey (guard + write), zero Postgres statements.
+
+    While the mirror is unusable: a full Postgres check of the mitra (a deactivated
+    mitra is refused during an outage too) and the heartbeat written straight into
+    `last_heartbeat_at`, so the Postgres fallback keeps judging freshness correctly.
+    """
+    keys = ctx.keys
+    key_id = str(mitra_id)
+    try:
+        outcome = await ctx.mirror.read(
+            "heartbeat",
+            lambda c: ctx.scripts.heartbeat(
+                keys=[keys.deactivated, keys.online, keys.heartbeat(key_id)],
+                args=[key_id, iso(now)],
+                client=c,
+            ),
+        )
+    except MirrorUnavailable:
+        ctx.metrics.fallback_reads.labels(reader="heartbeat").inc()
+        async with ctx.db.connection() as conn:
+            updated = await conn.fetchval(HEARTBEAT_FALLBACK_SQL, mitra_id, now)
+        if updated is None:
+            await _explain_refusal(ctx, mitra_id)
+        return HeartbeatResult(now, "postgres")
+    if outcome == -1:
+        raise MitraDeactivated(f"mitra {mitra_id} is deactivated")
+    if outcome == 0:
+        raise NotOnline(f"mitra {mitra_id} is not online; go online first")
+    return HeartbeatResult(now, "valkey")

@@ -1,0 +1,67 @@
+"""Every Valkey key the project uses, built in one place.
+
+The names are part of the contract (SPEC §1): operators and tests read them. A prefix
+(VALKEY_KEY_PREFIX, default empty) lets several deployments share one Valkey.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from uuid import UUID
+
+ONLINE = "mitras:online"
+DEACTIVATED = "mitras:deactivated"
+CAPACITY = "mitra:capacity:"
+HEARTBEAT = "mitra:heartbeat:"
+SNAPSHOT = "availability:snapshot"
+# Not in the contract table; internal bookkeeping of the engine.
+SNAPSHOT_LOCK = "availability:snapshot:lock"
+SEED_TMP = "mitras:seed-tmp:"
+SEEDED = "availability:seeded"
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = ""
+
+    @property
+    def online(self) -> str:
+        return self.prefix + ONLINE
+
+    @property
+    def deactivated(self) -> str:
+        return self.prefix + DEACTIVATED
+
+    def capacity(self, mitra_id: UUID | str) -> str:
+        return f"{self.prefix}{CAPACITY}{mitra_id}"
+
+    def heartbeat(self, mitra_id: UUID | str) -> str:
+        return f"{self.prefix}{HEARTBEAT}{mitra_id}"
+
+    @property
+    def capacity_pattern(self) -> str:
+        return f"{self.prefix}{CAPACITY}*"
+
+    @property
+    def heartbeat_pattern(self) -> str:
+        return f"{self.prefix}{HEARTBEAT}*"
+
+    def id_from(self, key: str | bytes) -> str:
+        """The mitra id at the end of a capacity or heartbeat key."""
+        text = key.decode() if isinstance(key, bytes) else key
+        return text.rsplit(":", 1)[1]
+
+    @property
+    def snapshot(self) -> str:
+        return self.prefix + SNAPSHOT
+
+    @property
+    def snapshot_lock(self) -> str:
+        return self.prefix + SNAPSHOT_LOCK
+
+    def seed_tmp(self, name: str) -> str:
+        return f"{self.prefix}{SEED_TMP}{name}"
+
+    @property
+    def seeded(self) -> str:
+        return self.prefix + SEEDED

@@ -1,0 +1,211 @@
+"""The Valkey side of the mirror: client, breaker, trust, reconnect detection.
+
+Two flags, on purpose:
+- `reachable` (the breaker): may we send commands at all? Opened by the first failed
+  operation, so an outage costs one timeout, not one per request; closed again only by
+  the background probe.
+- `trusted`: may readers believe what Valkey says? False until a seed has run against
+  the *current* Valkey server. A restart (new `run_id`) or any failure clears it, and
+  only a completed reseed sets it again.
+
+Writers need only `reachable`: they re-derive state from Postgres under a lock (see
+`sync.py`), so a write that lands while untrusted is still right, and a write skipped
+while unreachable happens-before the reseed that closes the gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias, TypeVar
+
+import valkey.asyncio as valkey_async
+from valkey.asyncio.connection import Connection
+from valkey.backoff import NoBackoff
+from valkey.exceptions import ValkeyError
+from valkey.retry import Retry
+
+from ..errors import DatabaseUnavailable, MirrorUnavailable
+from ..logs import get_logger
+from ..metrics import Metrics
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+# valkey-py shares its command stubs between the sync and asyncio clients, so every
+# async command is typed `Awaitable[T] | T`; typing the client as Any at this one
+# boundary is cheaper than a cast at every call site.
+Client: TypeAlias = Any
+# Everything a dead or slow Valkey can raise through valkey-py.
+VALKEY_FAILURES: tuple[type[BaseException], ...] = (ValkeyError, OSError, asyncio.TimeoutError)
+
+
+class Mirror:
+    def __init__(
+        self,
+        url: str,
+        metrics: Metrics,
+        *,
+        operation_timeout: float,
+        probe_interval: float,
+    ) -> None:
+        self.metrics = metrics
+        self.probe_interval = probe_interval
+        self.reachable = True
+        self.trusted = False
+        # Bumped on every event that invalidates what a reader may have just read.
+        self.generation = 0
+        self._seeded_run_id: str | None = None
+        self._seeding_run_id: str | None = None
+        self._seeder: Callable[[str], Awaitable[Any]] | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.client: valkey_async.Valkey = valkey_async.Valkey.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=operation_timeout,
+            socket_connect_timeout=operation_timeout,
+            # One quick retry absorbs a single dropped connection; a restart is still
+            # noticed because every new connection reports the server's run_id.
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[ConnectionError, TimeoutError, OSError],
+            valkey_connect_func=self._on_connect,
+            health_check_interval=0,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def set_seeder(self, seeder: Callable[[str], Awaitable[Any]]) -> None:
+        """The function that rebuilds the mirror from Postgres (`seed.seed_mirror`)."""
+        self._seeder = seeder
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._watch(), name="valkey-mirror-watch")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        await self.client.aclose()
+
+    # -- operations --------------------------------------------------------------
+
+    async def read(self, name: str, op: Callable[[Client], Awaitable[T]]) -> T:
+        """Run a read against the mirror, or raise MirrorUnavailable (caller falls back)."""
+        if not (self.trusted and self.reachable):
+            raise MirrorUnavailable(f"mirror not trusted for {name}")
+        generation = self.generation
+        try:
+            result = await op(self.client)
+        except VALKEY_FAILURES as exc:
+            self.fail(name, exc)
+            raise MirrorUnavailable(f"valkey failed during {name}") from exc
+        # A restart noticed while we were reading: the answer came from an empty server.
+        if generation != self.generation or not self.trusted:
+            raise MirrorUnavailable(f"mirror invalidated during {name}")
+        return result
+
+    async def write(self, name: str, op: Callable[[Client], Awaitable[Any]]) -> bool:
+        """Best-effort write. False (logged, counted) when Valkey could not take it."""
+        if not self.reachable:
+            self.metrics.valkey_errors.labels(operation=f"{name}_skipped").inc()
+            return False
+        try:
+            await op(self.client)
+        except VALKEY_FAILURES as exc:
+            self.fail(name, exc)
+            return False
+        return True
+
+    async def raw(self, name: str, op: Callable[[Client], Awaitable[T]]) -> T:
+        """For the seed and admin tools: needs Valkey reachable, not trusted."""
+        if not self.reachable:
+            raise MirrorUnavailable(f"valkey unreachable for {name}")
+        try:
+            return await op(self.client)
+        except VALKEY_FAILURES as exc:
+            self.fail(name, exc)
+            raise MirrorUnavailable(f"valkey failed during {name}") from exc
+
+    def fail(self, name: str, exc: BaseException) -> None:
+        self.metrics.valkey_errors.labels(operation=name).inc()
+        if self.reachable:
+            log.warning("valkey_unreachable", operation=name, error=repr(exc))
+        self.reachable = False
+        self._distrust()
+
+    def _distrust(self) -> None:
+        self.trusted = False
+        self.generation += 1
+        self._wake.set()
+
+    async def _on_connect(self, conn: Connection) -> None:
+        """Every new connection: learn which Valkey server lifetime this is."""
+        await conn.on_connect()
+        await conn.send_command("INFO", "server")
+        info = await conn.read_response()
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        run_id = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in text.splitlines()
+                if line.startswith("run_id:")
+            ),
+            None,
+        )
+        expected = self._seeded_run_id if self.trusted else self._seeding_run_id
+        if expected is not None and run_id != expected:
+            log.warning("valkey_restarted", run_id=run_id)
+            self._distrust()
+
+    async def current_run_id(self) -> str:
+        info = await self.client.info("server")
+        return str(info["run_id"])
+
+    # -- the probe ---------------------------------------------------------------
+
+    async def ensure_seeded(self, reason: str) -> bool:
+        """Probe and, when reachable, reseed. True when the mirror ends up trusted."""
+        try:
+            run_id = await self.current_run_id()
+        except VALKEY_FAILURES:
+            self.reachable = False
+            return False
+        self.reachable = True
+        if self._seeder is None:
+            return False
+        generation = self.generation
+        self._seeding_run_id = run_id
+        try:
+            await self._seeder(reason)
+        except MirrorUnavailable:
+            return False
+        except DatabaseUnavailable:
+            log.warning("mirror_seed_waiting_for_postgres")
+            return False
+        finally:
+            self._seeding_run_id = None
+        # A failure or restart during the seed: the next round seeds again.
+        if generation != self.generation or not self.reachable:
+            return False
+        self._seeded_run_id = run_id
+        self.trusted = True
+        log.info("valkey_mirror_trusted", reason=reason)
+        return True
+
+    async def _watch(self) -> None:
+        while True:
+            if not self.trusted:
+                try:
+                    await self.ensure_seeded("reconnect")
+                except Exception:  # the watcher must never die
+                    log.exception("mirror_watch_failed")
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.probe_interval)
+            except TimeoutError:
+                pass

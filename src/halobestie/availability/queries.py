@@ -1,0 +1,213 @@
+"""Readers: Valkey first, Postgres fallback computing the same answer.
+
+Every reader has both paths side by side so that tests can hold one against the other.
+The fallback judges heartbeat freshness from `mitras.last_heartbeat_at`, which the
+write-back sweep (and, during an outage, the heartbeat endpoint itself) keeps current.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from ..clock import parse_iso
+from ..context import Context
+from ..errors import MirrorUnavailable, NotFound
+from .mirror import Client
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A reachable mitra (online, active, fresh heartbeat) and its load."""
+
+    id: str
+    capacity: int
+    last_heartbeat_at: datetime
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Every reachable mitra; `available` are those below capacity."""
+
+    reachable: list[Candidate]
+    max_sessions: int
+    source: str
+
+    @property
+    def available(self) -> list[Candidate]:
+        return [c for c in self.reachable if c.capacity < self.max_sessions]
+
+
+@dataclass(frozen=True)
+class Reachability:
+    reachable: bool
+    available: bool
+
+
+def _cutoff(ctx: Context, now: datetime) -> datetime:
+    return now - timedelta(seconds=ctx.settings.heartbeat_stale_seconds)
+
+
+# -- find available ----------------------------------------------------------------
+
+
+async def _pool_from_valkey(ctx: Context, client: Client, now: datetime) -> list[Candidate]:
+    keys = ctx.keys
+    ids = sorted(await client.sdiff(keys.online, keys.deactivated))
+    if not ids:
+        return []
+    async with client.pipeline(transaction=False) as pipe:
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start : start + 1000]
+            pipe.mget([keys.heartbeat(i) for i in chunk])
+            pipe.mget([keys.capacity(i) for i in chunk])
+        replies: list[Any] = await pipe.execute()
+    heartbeats = [v for reply in replies[0::2] for v in reply]
+    capacities = [v for reply in replies[1::2] for v in reply]
+    cutoff = _cutoff(ctx, now)
+    pool: list[Candidate] = []
+    for mitra_id, heartbeat, capacity in zip(ids, heartbeats, capacities, strict=True):
+        if heartbeat is None:
+            continue
+        seen = parse_iso(heartbeat)
+        if seen > cutoff:
+            pool.append(Candidate(mitra_id, int(capacity or 0), seen))
+    return pool
+
+
+POOL_SQL = """
+SELECT m.id::text, m.last_heartbeat_at, count(cs.id) AS capacity
+FROM mitras m
+LEFT JOIN chat_sessions cs
+       ON cs.mitra_id = m.id AND cs.status IN ('active', 'pending_payment')
+WHERE m.is_online AND m.is_active AND m.last_heartbeat_at > $1
+GROUP BY m.id
+ORDER BY m.id
+"""
+
+
+async def pool_from_postgres(ctx: Context, now: datetime) -> list[Candidate]:
+    async with ctx.db.connection() as conn:
+        rows = await conn.fetch(POOL_SQL, _cutoff(ctx, now))
+    return [Candidate(r["id"], int(r["capacity"]), r["last_heartbeat_at"]) for r in rows]
+
+
+async def find_pool(ctx: Context, now: datetime, *, reader: str = "find_available") -> Pool:
+    max_sessions = ctx.settings.mitra_max_concurrent_sessions
+    try:
+        reachable = await ctx.mirror.read(reader, lambda c: _pool_from_valkey(ctx, c, now))
+        return Pool(reachable, max_sessions, "valkey")
+    except MirrorUnavailable:
+        ctx.metrics.fallback_reads.labels(reader=reader).inc()
+        return Pool(await pool_from_postgres(ctx, now), max_sessions, "postgres")
+
+
+async def find_available_mitras(ctx: Context, now: datetime) -> list[Candidate]:
+    return (await find_pool(ctx, now)).available
+
+
+# -- one mitra ---------------------------------------------------------------------
+
+
+async def _one_from_valkey(
+    ctx: Context, client: Client, mitra_id: str
+) -> tuple[bool, bool, str | None, int]:
+    keys = ctx.keys
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.sismember(keys.online, mitra_id)
+        pipe.sismember(keys.deactivated, mitra_id)
+        pipe.get(keys.heartbeat(mitra_id))
+        pipe.get(keys.capacity(mitra_id))
+        online, deactivated, heartbeat, capacity = await pipe.execute()
+    return bool(online), bool(deactivated), heartbeat, int(capacity or 0)
+
+
+ONE_SQL = """
+SELECT m.is_online, m.is_active, m.last_heartbeat_at,
+       (SELECT count(*) FROM chat_sessions cs
+         WHERE cs.mitra_id = m.id AND cs.status IN ('active', 'pending_payment')) AS capacity
+FROM mitras m WHERE m.id = $1
+"""
+
+
+async def mitra_reachability(ctx: Context, mitra_id: UUID, now: datetime) -> Reachability:
+    """Reachable: online, active, fresh. Available: reachable and below capacity.
+    NotFound for an unknown mitra (asked of Postgres only when Valkey cannot tell)."""
+    max_sessions = ctx.settings.mitra_max_concurrent_sessions
+    cutoff = _cutoff(ctx, now)
+    try:
+        online, deactivated, heartbeat, capacity = await ctx.mirror.read(
+            "reachability", lambda c: _one_from_valkey(ctx, c, str(mitra_id))
+        )
+    except MirrorUnavailable:
+        ctx.metrics.fallback_reads.labels(reader="reachability").inc()
+        async with ctx.db.connection() as conn:
+            row = await conn.fetchrow(ONE_SQL, mitra_id)
+        if row is None:
+            raise NotFound(f"no mitra with id {mitra_id}") from None
+        fresh = row["last_heartbeat_at"] is not None and row["last_heartbeat_at"] > cutoff
+        reachable = bool(row["is_online"] and row["is_active"] and fresh)
+        return Reachability(reachable, reachable and row["capacity"] < max_sessions)
+    if not online and not deactivated:
+        # Offline (or unknown): Valkey cannot tell the two apart, Postgres can.
+        await _require_mitra(ctx, mitra_id)
+        return Reachability(False, False)
+    reachable = (
+        online and not deactivated and heartbeat is not None and parse_iso(heartbeat) > cutoff
+    )
+    return Reachability(reachable, reachable and capacity < max_sessions)
+
+
+async def _require_mitra(ctx: Context, mitra_id: UUID) -> None:
+    async with ctx.db.connection() as conn:
+        found = await conn.fetchval("SELECT 1 FROM mitras WHERE id = $1", mitra_id)
+    if found is None:
+        raise NotFound(f"no mitra with id {mitra_id}")
+
+
+# -- counts ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Counts:
+    online: int
+    deactivated: int
+    available: int
+    source: str
+
+
+COUNTS_SQL = """
+SELECT count(*) FILTER (WHERE is_online) AS online,
+       count(*) FILTER (WHERE NOT is_active) AS deactivated
+FROM mitras
+"""
+
+
+async def availability_counts(ctx: Context, now: datetime) -> Counts:
+    """Dashboard counts: SCARD for online/deactivated, the pool for available."""
+    keys = ctx.keys
+
+    async def scards(client: Client) -> tuple[int, int]:
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.scard(keys.online)
+            pipe.scard(keys.deactivated)
+            online, deactivated = await pipe.execute()
+        return int(online), int(deactivated)
+
+    try:
+        online, deactivated = await ctx.mirror.read("dashboard", scards)
+        pool = await ctx.mirror.read("dashboard", lambda c: _pool_from_valkey(ctx, c, now))
+        available = Pool(pool, ctx.settings.mitra_max_concurrent_sessions, "valkey").available
+        return Counts(online, deactivated, len(available), "valkey")
+    except MirrorUnavailable:
+        ctx.metrics.fallback_reads.labels(reader="dashboard").inc()
+        async with ctx.db.connection() as conn:
+            row = await conn.fetchrow(COUNTS_SQL)
+        fallback = Pool(
+            await pool_from_postgres(ctx, now),
+            ctx.settings.mitra_max_concurrent_sessions,
+            "postgres",
+        )
+        return Counts(row["online"], row["deactivated"], len(fallback.available), "postgres")

@@ -1,0 +1,150 @@
+"""Seed: rebuild the whole mirror from Postgres.
+
+Runs at startup, on every Valkey reconnect (new server lifetime), on the reseed sweep
+and by hand (`POST /api/admin/availability/reseed`). Holds the seed advisory lock
+exclusively (see `locks.py`), reads one REPEATABLE READ snapshot, then swaps each set in
+with MULTI (build a temporary key, RENAME over the live one), so readers see either the
+old set or the new one, never half of it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..clock import iso
+from ..context import Context
+from ..logs import get_logger
+from . import locks
+from .mirror import Client
+
+log = get_logger(__name__)
+CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class Truth:
+    """The mirror as Postgres says it should be."""
+
+    online: set[str]
+    deactivated: set[str]
+    capacities: dict[str, int]
+    heartbeats: dict[str, str]
+
+
+@dataclass(frozen=True)
+class SeedCounts:
+    online: int
+    deactivated: int
+    capacities: int
+    heartbeats: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+TRUTH_SQL_MITRAS = """
+SELECT id::text, is_online, is_active, last_heartbeat_at FROM mitras
+WHERE is_online OR NOT is_active
+"""
+TRUTH_SQL_CAPACITY = """
+SELECT mitra_id::text, count(*) FROM chat_sessions
+WHERE status IN ('active', 'pending_payment') GROUP BY mitra_id
+"""
+
+
+async def read_truth(conn: Any) -> Truth:
+    online: set[str] = set()
+    deactivated: set[str] = set()
+    heartbeats: dict[str, str] = {}
+    for mitra_id, is_online, is_active, heartbeat in await conn.fetch(TRUTH_SQL_MITRAS):
+        if is_online:
+            online.add(mitra_id)
+            if heartbeat is not None:
+                heartbeats[mitra_id] = iso(heartbeat)
+        if not is_active:
+            deactivated.add(mitra_id)
+    counts = {mitra_id: n for mitra_id, n in await conn.fetch(TRUTH_SQL_CAPACITY)}
+    # The capacity of every online mitra, 0 included, plus any mitra with open sessions.
+    capacities = {mitra_id: counts.get(mitra_id, 0) for mitra_id in online}
+    capacities.update(counts)
+    return Truth(online, deactivated, capacities, heartbeats)
+
+
+async def seed_mirror(ctx: Context, reason: str) -> SeedCounts:
+    """Replace the mirror with Postgres' truth. Raises MirrorUnavailable or
+    DatabaseUnavailable; the caller decides whether to retry."""
+    started = ctx.clock.now()
+    async with ctx.db.connection() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1::int, $2::int)", locks.NAMESPACE, locks.SEED)
+        try:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                truth = await read_truth(conn)
+            counts = await ctx.mirror.raw("seed", lambda c: _write(ctx, c, truth))
+        finally:
+            await conn.execute(
+                "SELECT pg_advisory_unlock($1::int, $2::int)", locks.NAMESPACE, locks.SEED
+            )
+    ctx.metrics.seeds.labels(reason=reason).inc()
+    log.info("mirror_seeded", reason=reason, started_at=iso(started), **counts.as_dict())
+    return counts
+
+
+def _chunks(items: Sequence[str], size: int = CHUNK) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+async def _swap_set(pipe: Any, live: str, tmp: str, members: Iterable[str]) -> None:
+    ordered = sorted(members)
+    pipe.delete(tmp)
+    for chunk in _chunks(ordered):
+        pipe.sadd(tmp, *chunk)
+    if ordered:
+        pipe.rename(tmp, live)
+    else:
+        pipe.delete(live)
+
+
+async def _write(ctx: Context, client: Client, truth: Truth) -> SeedCounts:
+    keys = ctx.keys
+    token = uuid.uuid4().hex
+    async with client.pipeline(transaction=True) as pipe:
+        await _swap_set(pipe, keys.online, keys.seed_tmp(f"online:{token}"), truth.online)
+        await _swap_set(
+            pipe, keys.deactivated, keys.seed_tmp(f"deactivated:{token}"), truth.deactivated
+        )
+        if truth.capacities:
+            pipe.mset({keys.capacity(m): str(n) for m, n in truth.capacities.items()})
+        # The beacon must not keep answering from the mirror we just replaced.
+        pipe.delete(keys.snapshot)
+        await pipe.execute()
+
+    # Heartbeats merge (never backwards), then keys of mitras that are not online go:
+    # the heartbeat script only writes for members of the new online set, so none can
+    # reappear after this scan.
+    pairs = sorted(truth.heartbeats.items())
+    for start in range(0, len(pairs), CHUNK):
+        chunk = pairs[start : start + CHUNK]
+        await ctx.scripts.merge_heartbeats(
+            keys=[keys.heartbeat(m) for m, _ in chunk], args=[t for _, t in chunk]
+        )
+    stale: list[str] = []
+    async for key in client.scan_iter(match=keys.heartbeat_pattern, count=1000):
+        if keys.id_from(key) not in truth.online:
+            stale.append(key)
+    # Absent reads as 0: capacity keys that Postgres no longer backs simply go.
+    async for key in client.scan_iter(match=keys.capacity_pattern, count=1000):
+        if keys.id_from(key) not in truth.capacities:
+            stale.append(key)
+    for batch in _chunks(stale):
+        await client.delete(*batch)
+    await client.set(keys.seeded, iso(ctx.clock.now()))
+    return SeedCounts(
+        online=len(truth.online),
+        deactivated=len(truth.deactivated),
+        capacities=len(truth.capacities),
+        heartbeats=len(truth.heartbeats),
+    )

@@ -1,0 +1,82 @@
+"""Per-mitra views for the admin list and the mitra's own status page (Postgres)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from ..clock import iso, parse_iso
+from ..context import Context
+from ..errors import MirrorUnavailable, NotFound
+
+
+@dataclass(frozen=True)
+class MitraView:
+    id: UUID
+    email: str
+    display_name: str
+    is_online: bool
+    is_active: bool
+    last_heartbeat_at: datetime | None
+    active_sessions: int
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "email": self.email,
+            "display_name": self.display_name,
+            "is_online": self.is_online,
+            "is_active": self.is_active,
+            "last_heartbeat_at": iso(self.last_heartbeat_at) if self.last_heartbeat_at else None,
+            "active_sessions": self.active_sessions,
+        }
+
+
+VIEW_SQL = """
+SELECT m.id, u.email, u.display_name, m.is_online, m.is_active, m.last_heartbeat_at,
+       (SELECT count(*) FROM chat_sessions cs
+         WHERE cs.mitra_id = m.id AND cs.status IN ('active', 'pending_payment'))
+         AS active_sessions
+FROM mitras m JOIN users u ON u.id = m.id
+"""
+
+
+def _view(row: Any) -> MitraView:
+    return MitraView(**dict(row))
+
+
+async def get_mitra_view(ctx: Context, mitra_id: UUID) -> MitraView:
+    async with ctx.db.connection() as conn:
+        row = await conn.fetchrow(VIEW_SQL + " WHERE m.id = $1", mitra_id)
+    if row is None:
+        raise NotFound(f"no mitra with id {mitra_id}")
+    return _view(row)
+
+
+async def list_mitra_views(ctx: Context) -> list[MitraView]:
+    async with ctx.db.connection() as conn:
+        rows = await conn.fetch(VIEW_SQL + " ORDER BY u.created_at, m.id")
+    return [_view(r) for r in rows]
+
+
+async def overlay_heartbeats(ctx: Context, views: list[MitraView]) -> list[MitraView]:
+    """Postgres' last_heartbeat_at lags Valkey by up to one write-back cycle: show the
+    newer of the two. Best effort: without Valkey, Postgres' value stands."""
+    online = [v for v in views if v.is_online]
+    if not online:
+        return views
+    try:
+        values = await ctx.mirror.read(
+            "status_heartbeats", lambda c: c.mget([ctx.keys.heartbeat(v.id) for v in online])
+        )
+    except MirrorUnavailable:
+        return views
+    seen = {v.id: parse_iso(t) for v, t in zip(online, values, strict=True) if t is not None}
+    return [
+        replace(v, last_heartbeat_at=max(seen[v.id], v.last_heartbeat_at or seen[v.id]))
+        if v.id in seen
+        else v
+        for v in views
+    ]

@@ -1,0 +1,180 @@
+"""The three sweeps. Each takes `now` so tests drive them; `SweepRunner` runs them on the
+configured cadences. Each is correct when two instances run it at the same moment:
+auto-offline and write-back are idempotent and additionally take a try-lock so the
+second instance skips instead of repeating the work; the reseed is serialised by the
+seed lock."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from ..clock import parse_iso
+from ..context import Context
+from ..errors import DatabaseUnavailable, MirrorUnavailable
+from ..logs import get_logger
+from . import locks
+from .drift import compute_drift
+from .mirror import Client
+from .seed import SeedCounts, seed_mirror
+from .sync import sync_mitras
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    ran: bool
+    affected: int = 0
+    reason: str = ""
+
+
+async def _online_heartbeats(ctx: Context, client: Client) -> dict[str, str | None]:
+    keys = ctx.keys
+    ids = sorted(await client.smembers(keys.online))
+    values: list[str | None] = []
+    for start in range(0, len(ids), 1000):
+        chunk = ids[start : start + 1000]
+        values.extend(await client.mget([keys.heartbeat(i) for i in chunk]))
+    return dict(zip(ids, values, strict=True))
+
+
+async def _with_try_lock(
+    ctx: Context, lock: int, work: Callable[[], Awaitable[int]]
+) -> SweepResult:
+    async with ctx.db.connection() as conn:
+        got = await conn.fetchval(
+            "SELECT pg_try_advisory_lock($1::int, $2::int)", locks.NAMESPACE, lock
+        )
+        if not got:
+            return SweepResult(False, reason="another instance is running this sweep")
+        try:
+            return SweepResult(True, await work())
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1::int, $2::int)", locks.NAMESPACE, lock)
+
+
+OFFLINE_SQL = """
+UPDATE mitras SET is_online = false, status_changed_at = $3
+WHERE id = ANY($1::uuid[]) AND is_online
+  AND (last_heartbeat_at IS NULL OR last_heartbeat_at <= $2)
+RETURNING id
+"""
+
+
+async def run_auto_offline(ctx: Context, now: datetime) -> SweepResult:
+    """Online mitras whose Valkey heartbeat is missing or stale go offline, Postgres
+    first. Any Valkey trouble aborts the whole sweep: a Postgres scan during a Valkey
+    hiccup would see stale `last_heartbeat_at` values and mass-offline live mitras."""
+    if not ctx.mirror.trusted:
+        return SweepResult(False, reason="mirror not trusted")
+    try:
+        heartbeats = await ctx.mirror.read("auto_offline", lambda c: _online_heartbeats(ctx, c))
+    except MirrorUnavailable:
+        return SweepResult(False, reason="valkey error")
+    cutoff = now - timedelta(seconds=ctx.settings.heartbeat_stale_seconds)
+    stale = [
+        UUID(mitra_id)
+        for mitra_id, seen in heartbeats.items()
+        if seen is None or parse_iso(seen) <= cutoff
+    ]
+    if not stale:
+        return SweepResult(True, 0)
+
+    async def work() -> int:
+        # The Postgres condition re-checks staleness: a mitra who went online again
+        # since our Valkey read has a fresh last_heartbeat_at and is left alone.
+        async with ctx.db.connection() as conn:
+            rows = await conn.fetch(OFFLINE_SQL, stale, cutoff, now)
+        offlined = [r["id"] for r in rows]
+        await sync_mitras(ctx, offlined)
+        if offlined:
+            log.info("auto_offline", count=len(offlined))
+        return len(offlined)
+
+    return await _with_try_lock(ctx, locks.AUTO_OFFLINE, work)
+
+
+WRITEBACK_SQL = """
+UPDATE mitras AS m SET last_heartbeat_at = v.seen
+FROM unnest($1::uuid[], $2::timestamptz[]) AS v(id, seen)
+WHERE m.id = v.id AND (m.last_heartbeat_at IS NULL OR m.last_heartbeat_at < v.seen)
+"""
+
+
+async def run_heartbeat_writeback(ctx: Context, now: datetime) -> SweepResult:
+    """Valkey heartbeats into `mitras.last_heartbeat_at`: one statement per cycle,
+    never moving a timestamp backwards, so two instances doing it at once are harmless."""
+    try:
+        heartbeats = await ctx.mirror.read("writeback", lambda c: _online_heartbeats(ctx, c))
+    except MirrorUnavailable:
+        return SweepResult(False, reason="valkey error")
+    pairs = [(UUID(i), parse_iso(t)) for i, t in heartbeats.items() if t is not None]
+    if not pairs:
+        return SweepResult(True, 0)
+
+    async def work() -> int:
+        async with ctx.db.connection() as conn:
+            status = await conn.execute(WRITEBACK_SQL, [p[0] for p in pairs], [p[1] for p in pairs])
+        return int(status.split()[-1])
+
+    return await _with_try_lock(ctx, locks.HEARTBEAT_WRITEBACK, work)
+
+
+async def run_reseed(ctx: Context, now: datetime) -> SeedCounts | None:
+    """Full reseed; counts the drift it healed. None when Valkey is unreachable."""
+    try:
+        drift = await compute_drift(ctx)
+        counts = await seed_mirror(ctx, "sweep")
+    except MirrorUnavailable:
+        return None
+    if drift.count:
+        ctx.metrics.drift_found.inc(drift.count)
+        ctx.metrics.drift_healed.inc(drift.count)
+        log.warning("mirror_drift_healed", differences=drift.count, **drift.as_dict())
+    return counts
+
+
+class SweepRunner:
+    """Runs each sweep on its cadence until stopped. A failing run is logged, timed and
+    retried next cadence; Postgres being down is expected and not an error."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        s = self.ctx.settings
+        for name, every, sweep in (
+            ("auto_offline", s.mitra_auto_offline_sweep_seconds, run_auto_offline),
+            ("heartbeat_writeback", s.heartbeat_mirror_interval_seconds, run_heartbeat_writeback),
+            ("reseed", s.valkey_online_mirror_sweep_seconds, run_reseed),
+        ):
+            self._tasks.append(asyncio.create_task(self._loop(name, every, sweep), name=name))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def _loop(
+        self, name: str, every: float, sweep: Callable[[Context, datetime], Awaitable[object]]
+    ) -> None:
+        while True:
+            await asyncio.sleep(every)
+            started = time.perf_counter()
+            try:
+                await sweep(self.ctx, self.ctx.clock.now())
+            except DatabaseUnavailable:
+                log.warning("sweep_skipped_postgres_down", sweep=name)
+            except Exception:
+                log.exception("sweep_failed", sweep=name)
+            finally:
+                self.ctx.metrics.sweep_duration.labels(sweep=name).observe(
+                    time.perf_counter() - started
+                )

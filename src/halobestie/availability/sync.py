@@ -1,0 +1,79 @@
+"""Write-through: re-derive mitras' mirror state from committed Postgres rows.
+
+Called after every commit that changes a mitra (online, offline, deactivation, capacity).
+It never applies a delta: it locks the mitras (see `locks.py`), reads their committed
+state and capacity, and writes that whole state in one Lua call per mitra. Two writers
+toggling the same mitra therefore leave Valkey equal to Postgres, whatever the order in
+which their Valkey writes would otherwise have landed. Cost: three short Postgres
+statements per write, on paths that are not hot (toggles, session transitions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from uuid import UUID
+
+import asyncpg
+
+from ..clock import iso
+from ..context import Context
+from ..logs import get_logger
+from . import locks
+from .mirror import Client
+
+log = get_logger(__name__)
+
+STATE_SQL = """
+SELECT m.id, m.is_online, m.is_active, m.last_heartbeat_at,
+       (SELECT count(*) FROM chat_sessions cs
+         WHERE cs.mitra_id = m.id AND cs.status IN ('active', 'pending_payment')) AS capacity
+FROM mitras m
+WHERE m.id = ANY($1::uuid[])
+"""
+
+
+async def sync_mitras(ctx: Context, mitra_ids: Sequence[UUID]) -> bool:
+    """Mirror these mitras' committed state into Valkey. False when Valkey missed it
+    (logged and counted by the mirror; the reseed after reconnect repairs it)."""
+    if not mitra_ids or not ctx.mirror.reachable:
+        if mitra_ids:
+            ctx.metrics.valkey_errors.labels(operation="sync_mitras_skipped").inc()
+        return False
+    ids = list(mitra_ids)
+    async with ctx.db.connection() as conn:
+        await conn.execute(locks.LOCK_MITRAS, locks.NAMESPACE, locks.SEED, ids)
+        try:
+            rows = await conn.fetch(STATE_SQL, ids)
+            return await ctx.mirror.write("sync_mitras", lambda c: _apply(ctx, c, rows))
+        finally:
+            await conn.execute(locks.UNLOCK_MITRAS, locks.NAMESPACE, locks.SEED, ids)
+
+
+async def recompute_capacity(ctx: Context, mitra_id: UUID) -> bool:
+    """After any chat-session transition: COUNT(*) from Postgres, then SET. Never INCR."""
+    return await sync_mitras(ctx, [mitra_id])
+
+
+async def _apply(ctx: Context, client: Client, rows: Sequence[asyncpg.Record]) -> None:
+    keys = ctx.keys
+    async with client.pipeline(transaction=False) as pipe:
+        for row in rows:
+            mitra_id = str(row["id"])
+            heartbeat = row["last_heartbeat_at"]
+            await ctx.scripts.apply_mitra(
+                keys=[
+                    keys.online,
+                    keys.deactivated,
+                    keys.heartbeat(mitra_id),
+                    keys.capacity(mitra_id),
+                ],
+                args=[
+                    mitra_id,
+                    "1" if row["is_online"] else "0",
+                    "1" if row["is_active"] else "0",
+                    iso(heartbeat) if heartbeat is not None else "",
+                    str(row["capacity"]),
+                ],
+                client=pipe,
+            )
+        await pipe.execute()

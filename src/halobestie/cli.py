@@ -1,0 +1,153 @@
+"""The `halobestie` command: serve, migrate, create-admin, dev."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from pydantic import ValidationError
+
+from .config import DatabaseSettings, Settings, describe_error, load_settings
+from .logs import redact_url
+
+T = TypeVar("T")
+
+
+def _settings(factory: Callable[[], T]) -> T:
+    try:
+        return factory()
+    except ValidationError as exc:
+        raise click.ClickException(describe_error(exc)) from None
+
+
+def _migrate(dsn: str) -> None:
+    from .migrate import run_migrations
+
+    try:
+        run_migrations(dsn)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot reach Postgres at {redact_url(dsn)} to migrate: {exc}"
+        ) from None
+
+
+def _serve(settings: Settings, host: str, port: int) -> None:
+    import uvicorn
+
+    from .api.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        http="httptools",
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        proxy_headers=True,
+    )
+
+
+@click.group()
+def main() -> None:
+    """halobestie: backend of a 1:1 paid chat-listening marketplace."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+def serve(host: str, port: int) -> None:
+    """Serve the API against DATABASE_URL / VALKEY_URL, migrating the schema first."""
+    settings = _settings(load_settings)
+    _migrate(settings.asyncpg_dsn)
+    _serve(settings, host, port)
+
+
+@main.command()
+def migrate() -> None:
+    """Apply database migrations (DATABASE_URL)."""
+    settings = _settings(lambda: DatabaseSettings())  # type: ignore[call-arg]
+    _migrate(settings.asyncpg_dsn)
+    click.echo("migrations applied")
+
+
+@main.command("create-admin")
+@click.option("--email", required=True)
+@click.option("--password", required=True)
+def create_admin(email: str, password: str) -> None:
+    """Create an admin, or reset an existing admin's password (idempotent)."""
+    if not 8 <= len(password) <= 128:
+        raise click.BadParameter("must be 8 to 128 characters", param_hint="--password")
+    if len(email) > 254 or "@" not in email:
+        raise click.BadParameter("must be an email address", param_hint="--email")
+    settings = _settings(lambda: DatabaseSettings())  # type: ignore[call-arg]
+    _migrate(settings.asyncpg_dsn)
+    from .demo import ensure_admin
+
+    created = asyncio.run(ensure_admin(settings.asyncpg_dsn, email, password))
+    click.echo(f"admin {email} {'created' if created else 'already existed; password updated'}")
+
+
+@main.command()
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=Path(".halobestie-dev"),
+    show_default=True,
+    help="Where the embedded Postgres and Valkey keep their files.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+def dev(data_dir: Path, host: str, port: int) -> None:
+    """One-command demo: embedded Postgres and Valkey (when the URLs are unset),
+    migrations, demo users, then serve."""
+    from .demo import DEMO_LOGINS, seed_demo
+    from .devservers import EmbeddedPostgres, EmbeddedValkey
+
+    env: dict[str, Any] = {"HALOBESTIE_ENV": os.environ.get("HALOBESTIE_ENV", "dev")}
+    postgres = valkey = None
+    if not os.environ.get("DATABASE_URL"):
+        postgres = EmbeddedPostgres(data_dir / "postgres")
+        click.echo("starting embedded Postgres ...")
+        postgres.start()
+        if not postgres.database_exists("halobestie"):
+            postgres.create_database("halobestie")
+        env["DATABASE_URL"] = postgres.url("halobestie")
+    if not os.environ.get("VALKEY_URL"):
+        valkey = EmbeddedValkey(data_dir / "valkey")
+        click.echo("starting embedded Valkey ...")
+        env["VALKEY_URL"] = valkey.start()
+    from .config import DEV_JWT_SECRET, DEV_WEBHOOK_SECRET
+
+    env.setdefault("JWT_SECRET", os.environ.get("JWT_SECRET", DEV_JWT_SECRET))
+    env.setdefault(
+        "PAYMENT_WEBHOOK_SECRET", os.environ.get("PAYMENT_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET)
+    )
+    try:
+        settings = _settings(lambda: load_settings(**env))
+        _migrate(settings.asyncpg_dsn)
+        asyncio.run(seed_demo(settings.asyncpg_dsn))
+        base = f"http://{host}:{port}"
+        click.echo(
+            "\nhalobestie dev is up\n"
+            f"  API        {base}/docs  (OpenAPI)\n"
+            f"  beacon     {base}/api/availability\n"
+            f"  health     {base}/readyz   metrics {base}/metrics\n"
+            f"  Postgres   {redact_url(settings.database_url)}\n"
+            f"  Valkey     {redact_url(settings.valkey_url)}\n"
+            "  logins (POST /api/auth/login):"
+        )
+        for role, email, password in DEMO_LOGINS:
+            click.echo(f"    {role:<9} {email:<28} {password}")
+        click.echo("")
+        _serve(settings, host, port)
+    finally:
+        if valkey is not None:
+            valkey.stop()
+        if postgres is not None:
+            postgres.stop()

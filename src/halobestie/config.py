@@ -1,0 +1,159 @@
+"""Settings: the only module that reads the environment.
+
+Every duration accepts small values (1 s) so tests and demos run fast; a bad value
+fails at startup with pydantic's message, which names the variable.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Secrets that are fine on a laptop and fatal anywhere else.
+DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789abcdef"  # noqa: S105
+DEV_WEBHOOK_SECRET = "dev-only-webhook-secret-change-me"  # noqa: S105
+
+Seconds = Annotated[PositiveFloat, Field()]
+
+
+class DatabaseSettings(BaseSettings):
+    """What `migrate` and `create-admin` need: only the database."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    database_url: str = Field(alias="DATABASE_URL")
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError("DATABASE_URL must start with postgresql:// or postgres://")
+        if not parts.path.strip("/"):
+            raise ValueError("DATABASE_URL must name a database (postgresql://host/dbname)")
+        return value
+
+    @cached_property
+    def asyncpg_dsn(self) -> str:
+        """asyncpg accepts both schemes; normalise for SQLAlchemy (alembic) too."""
+        if self.database_url.startswith("postgres://"):
+            return "postgresql://" + self.database_url[len("postgres://") :]
+        return self.database_url
+
+
+class Settings(DatabaseSettings):
+    env: str = Field(default="production", alias="HALOBESTIE_ENV")
+    valkey_url: str = Field(alias="VALKEY_URL")
+    valkey_key_prefix: str = Field(default="", alias="VALKEY_KEY_PREFIX", max_length=64)
+    jwt_secret: str = Field(alias="JWT_SECRET", min_length=32)
+    payment_webhook_secret: str = Field(alias="PAYMENT_WEBHOOK_SECRET", min_length=16)
+
+    access_token_ttl_seconds: PositiveInt = Field(default=900, alias="ACCESS_TOKEN_TTL_SECONDS")
+    refresh_token_ttl_seconds: PositiveInt = Field(
+        default=2_592_000, alias="REFRESH_TOKEN_TTL_SECONDS"
+    )
+    heartbeat_interval_seconds: PositiveInt = Field(default=20, alias="HEARTBEAT_INTERVAL_SECONDS")
+    heartbeat_stale_seconds: PositiveInt = Field(default=60, alias="HEARTBEAT_STALE_SECONDS")
+    availability_snapshot_ttl_seconds: PositiveInt = Field(
+        default=10, alias="AVAILABILITY_SNAPSHOT_TTL_SECONDS"
+    )
+    mitra_max_concurrent_sessions: PositiveInt = Field(
+        default=1, alias="MITRA_MAX_CONCURRENT_SESSIONS"
+    )
+    pairing_fanout: PositiveInt = Field(default=5, alias="PAIRING_FANOUT")
+    pairing_offer_ttl_seconds: PositiveInt = Field(default=30, alias="PAIRING_OFFER_TTL_SECONDS")
+    payment_timeout_seconds: PositiveInt = Field(default=600, alias="PAYMENT_TIMEOUT_SECONDS")
+
+    mitra_auto_offline_sweep_seconds: Seconds = Field(
+        default=30, alias="MITRA_AUTO_OFFLINE_SWEEP_SECONDS"
+    )
+    heartbeat_mirror_interval_seconds: Seconds = Field(
+        default=60, alias="HEARTBEAT_MIRROR_INTERVAL_SECONDS"
+    )
+    valkey_online_mirror_sweep_seconds: Seconds = Field(
+        default=300, alias="VALKEY_ONLINE_MIRROR_SWEEP_SECONDS"
+    )
+
+    # Valkey timeouts are short on purpose: a slow mirror is worse than the Postgres
+    # fallback, and the breaker makes sure only one request pays the timeout.
+    valkey_operation_timeout_seconds: Seconds = Field(
+        default=0.25, alias="VALKEY_OPERATION_TIMEOUT_SECONDS"
+    )
+    valkey_probe_interval_seconds: Seconds = Field(
+        default=1.0, alias="VALKEY_PROBE_INTERVAL_SECONDS"
+    )
+    database_timeout_seconds: Seconds = Field(default=5.0, alias="DATABASE_TIMEOUT_SECONDS")
+    database_pool_size: PositiveInt = Field(default=10, alias="DATABASE_POOL_SIZE")
+    sweeps_enabled: bool = Field(default=True, alias="SWEEPS_ENABLED")
+    log_level: str = Field(default="INFO", alias="LOG_LEVEL")
+
+    @field_validator("valkey_url")
+    @classmethod
+    def _check_valkey_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "valkey", "valkeys"):
+            raise ValueError(
+                "VALKEY_URL must start with redis://, rediss://, valkey:// or valkeys://"
+            )
+        if not parts.hostname:
+            raise ValueError("VALKEY_URL must name a host (redis://host:6379/0)")
+        try:
+            parts.port  # noqa: B018 - urlsplit validates the port lazily
+        except ValueError as exc:
+            raise ValueError(f"VALKEY_URL has a bad port: {exc}") from None
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+        return upper
+
+    @model_validator(mode="after")
+    def _refuse_dev_secrets(self) -> Settings:
+        if self.is_dev:
+            return self
+        for name, value, dev_value in (
+            ("JWT_SECRET", self.jwt_secret, DEV_JWT_SECRET),
+            ("PAYMENT_WEBHOOK_SECRET", self.payment_webhook_secret, DEV_WEBHOOK_SECRET),
+        ):
+            if value == dev_value or "change-me" in value:
+                raise ValueError(
+                    f"{name} is the development default; set a real secret "
+                    "(or HALOBESTIE_ENV=dev on a laptop)"
+                )
+        return self
+
+    @property
+    def is_dev(self) -> bool:
+        return self.env in ("dev", "test")
+
+    @cached_property
+    def valkey_client_url(self) -> str:
+        """valkey-py understands redis(s):// and valkey(s)://; normalise to redis(s)://."""
+        for scheme, replacement in (("valkeys://", "rediss://"), ("valkey://", "redis://")):
+            if self.valkey_url.startswith(scheme):
+                return replacement + self.valkey_url[len(scheme) :]
+        return self.valkey_url
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment once; overrides (tests, the dev command) win. Overrides
+    use the environment names (DATABASE_URL=...)."""
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def describe_error(exc: ValidationError) -> str:
+    """One line per bad variable, naming it: what operators need at startup."""
+    lines = []
+    for err in exc.errors():
+        name = ".".join(str(p) for p in err["loc"]) or "settings"
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{name}: {message}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)

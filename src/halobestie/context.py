@@ -1,0 +1,51 @@
+"""What every action, query and sweep needs, passed explicitly (no globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+from .availability.keys import Keys
+from .availability.mirror import Mirror
+from .clock import Clock
+from .config import Settings
+from .db import Database
+from .metrics import Metrics
+
+
+def _lua(name: str) -> str:
+    return resources.files("halobestie.availability").joinpath(f"lua/{name}.lua").read_text()
+
+
+@dataclass
+class Scripts:
+    """Lua scripts, registered once; valkey-py reloads them after a NOSCRIPT (restart)."""
+
+    heartbeat: Any
+    apply_mitra: Any
+    merge_heartbeats: Any
+
+    @classmethod
+    def register(cls, mirror: Mirror) -> Scripts:
+        client = mirror.client
+        return cls(
+            heartbeat=client.register_script(_lua("heartbeat")),
+            apply_mitra=client.register_script(_lua("apply_mitra")),
+            merge_heartbeats=client.register_script(_lua("merge_heartbeats")),
+        )
+
+
+@dataclass
+class Context:
+    settings: Settings
+    db: Database
+    mirror: Mirror
+    keys: Keys
+    metrics: Metrics
+    clock: Clock
+    scripts: Scripts
+    # In-process cache of the beacon while Valkey is down: protects Postgres from one
+    # aggregate per customer poll during an outage. (expires at, snapshot)
+    fallback_beacon: tuple[datetime, dict[str, Any]] | None = field(default=None)

@@ -1,0 +1,75 @@
+"""The domain's error tree. `api/errors.py` alone maps these to HTTP status codes."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base: `code` is the machine-readable error, the message is the human detail."""
+
+    code = "error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidRequest(DomainError):
+    code = "invalid_request"
+
+
+class NotFound(DomainError):
+    code = "not_found"
+
+
+class Conflict(DomainError):
+    code = "conflict"
+
+
+class EmailTaken(Conflict):
+    code = "email_taken"
+
+
+class InvalidState(Conflict):
+    code = "invalid_state"
+
+
+class NotOnline(Conflict):
+    code = "not_online"
+
+
+class AuthError(DomainError):
+    code = "invalid_token"
+
+
+class InvalidToken(AuthError):
+    code = "invalid_token"
+
+
+class InvalidCredentials(AuthError):
+    code = "invalid_credentials"
+
+
+class Forbidden(DomainError):
+    code = "forbidden"
+
+
+class AccountDeactivated(Forbidden):
+    code = "account_deactivated"
+
+
+class MitraDeactivated(Forbidden):
+    code = "mitra_deactivated"
+
+
+class DatabaseUnavailable(DomainError):
+    code = "database_unavailable"
+
+
+class MirrorUnavailable(Exception):
+    """Valkey cannot be trusted right now: callers fall back to Postgres. Never reaches HTTP."""
+
+
+class ValkeyUnavailable(DomainError):
+    """An admin tool that needs Valkey itself (reseed, drift) while it is unreachable."""
+
+    code = "valkey_unavailable"

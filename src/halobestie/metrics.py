@@ -1,0 +1,57 @@
+"""Prometheus metrics. One registry per app so tests and several in-process instances
+do not share counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.valkey_errors = Counter(
+            "halobestie_valkey_errors_total",
+            "Valkey operations that failed (reads fell back, writes were skipped).",
+            ["operation"],
+            registry=r,
+        )
+        self.fallback_reads = Counter(
+            "halobestie_fallback_reads_total",
+            "Reads answered from Postgres because the Valkey mirror was not usable.",
+            ["reader"],
+            registry=r,
+        )
+        self.drift_found = Counter(
+            "halobestie_mirror_drift_found_total",
+            "Differences between Valkey and Postgres found by a reseed.",
+            registry=r,
+        )
+        self.drift_healed = Counter(
+            "halobestie_mirror_drift_healed_total",
+            "Differences between Valkey and Postgres repaired by a reseed.",
+            registry=r,
+        )
+        self.sweep_duration = Histogram(
+            "halobestie_sweep_duration_seconds",
+            "Duration of each sweep run.",
+            ["sweep"],
+            registry=r,
+            buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+        )
+        self.seeds = Counter(
+            "halobestie_mirror_seeds_total",
+            "Full seeds of the Valkey mirror from Postgres.",
+            ["reason"],
+            registry=r,
+        )
+        self.snapshot_computations = Counter(
+            "halobestie_availability_snapshot_computations_total",
+            "Beacon snapshots computed (the rest were served from the shared cache).",
+            ["source"],
+            registry=r,
+        )

