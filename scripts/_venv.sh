@@ -6,16 +6,19 @@
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_ROOT"
 
+# 3.11 or 3.12 only: pgserver 0.1.4 publishes no wheels for 3.13 yet.
 _venv_pick_python() {
-    local candidate
-    for candidate in ${PYTHON:-} python3.13 python3.12 python3.11 python3; do
-        if command -v "$candidate" >/dev/null 2>&1 \
-            && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    local candidate candidates=(python3 python3.12 python3.11)
+    # An explicit choice must not silently fall back to something else.
+    [[ -n "${PYTHON:-}" ]] && candidates=("$PYTHON")
+    for candidate in "${candidates[@]}"; do
+        if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c \
+            'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 12))' 2>/dev/null; then
             command -v "$candidate"
             return 0
         fi
     done
-    echo "error: need Python >= 3.11 (set PYTHON=/path/to/python3.x)" >&2
+    echo "error: need Python 3.11 or 3.12 (tried ${candidates[*]}; set PYTHON=/path/to/python3.x)" >&2
     return 1
 }
 

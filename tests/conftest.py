@@ -57,8 +57,8 @@ def servers() -> Iterator[Servers]:
         if not vk_url:
             valkey = EmbeddedValkey(Path(tmp) / "valkey")
             vk_url = valkey.start()
-        run_migrations(db_url)
         try:
+            run_migrations(db_url)
             yield Servers(db_url, vk_url, postgres, valkey)
         finally:
             if valkey is not None:
@@ -153,9 +153,9 @@ async def pg(clean: Servers) -> AsyncIterator[asyncpg.Connection]:
     await conn.close()
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
+async def eventually(check: Callable[[], Any], within: float = 5.0) -> Any:
     """Poll an async or sync predicate until truthy; for background work (reseeds)."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         result = check()
         if asyncio.iscoroutine(result):

@@ -12,7 +12,7 @@ from halobestie.auth.passwords import hash_password
 from halobestie.auth.queries import User
 from halobestie.context import Context
 
-PASSWORD = "correct horse battery"  # noqa: S105
+PASSWORD = "correct horse battery"
 _hash_cache: dict[str, str] = {}
 
 

@@ -10,7 +10,14 @@ from functools import cached_property
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import (
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Secrets that are fine on a laptop and fatal anywhere else.

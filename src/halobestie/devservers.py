@@ -9,6 +9,7 @@ import importlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -65,6 +66,7 @@ class EmbeddedPostgres:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.max_connections = max_connections
         self._server: Any = None  # pgserver.PostgresServer while started
+        self._postmaster_proc: Any = None  # psutil.Process, still valid if data_dir vanishes
         self._system_user = "pgserver" if os.name == "posix" and os.geteuid() == 0 else None
 
     @property
@@ -90,12 +92,9 @@ class EmbeddedPostgres:
         server, self._server = self._server, None
         if server is None:
             return
+        atexit.unregister(self.stop)
         pgserver = _import_untyped("pgserver")
-        # pgserver's own atexit cleanup only stops postgres when this pid is the last one in
-        # its on-disk handle list, and silently does nothing otherwise. We own the server, so
-        # stop it ourselves and retire pgserver's bookkeeping for this handle.
-        atexit.unregister(server._cleanup)
-        with pgserver.PostgresServer._lock:
+        with pgserver.PostgresServer._lock:  # retire pgserver's bookkeeping for this handle
             pgserver.PostgresServer._instances.pop(self.data_dir, None)
             server.global_process_id_list.get_and_remove(os.getpid())
             self._shutdown()
@@ -138,8 +137,14 @@ class EmbeddedPostgres:
         self.stop()
 
     def _open(self) -> Any:
-        # cleanup_mode="stop": if the owner never calls stop(), pgserver's atexit hook does.
-        return _import_untyped("pgserver").get_server(self.data_dir, cleanup_mode="stop")
+        server = _import_untyped("pgserver").get_server(self.data_dir, cleanup_mode="stop")
+        # pgserver's atexit hook stops postgres only if this pid is the last one in a handle
+        # list kept *inside* data_dir, and silently does nothing otherwise (stale pids, or a
+        # temp dir already deleted). Ours stops the postmaster we saw, whatever happened.
+        atexit.unregister(server._cleanup)
+        atexit.register(self.stop)
+        self._postmaster_proc = self._postmaster()
+        return server
 
     def _info(self) -> Any:
         if self._server is None:
@@ -187,7 +192,7 @@ class EmbeddedPostgres:
             pidfile.unlink()
 
     def _shutdown(self) -> None:
-        proc = self._postmaster()
+        proc, self._postmaster_proc = self._postmaster() or self._postmaster_proc, None
         cmd = [
             str(self.bin_dir / "pg_ctl"),
             "-D",
@@ -197,7 +202,7 @@ class EmbeddedPostgres:
         done = _run(cmd, user=self._system_user)
         if done.returncode != 0 and proc is not None and proc.is_running():
             psutil = _import_untyped("psutil")
-            proc.terminate()  # SIGTERM = smart shutdown; SIGKILL if even that hangs
+            proc.send_signal(signal.SIGINT)  # "fast" shutdown, as pg_ctl asked; then SIGKILL
             try:
                 proc.wait(5)
             except psutil.TimeoutExpired:
