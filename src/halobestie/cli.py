@@ -88,8 +88,12 @@ def create_admin(email: str, password: str) -> None:
     settings = _settings(lambda: DatabaseSettings())  # type: ignore[call-arg]
     _migrate(settings.asyncpg_dsn)
     from .demo import ensure_admin
+    from .errors import EmailTaken
 
-    created = asyncio.run(ensure_admin(settings.asyncpg_dsn, email, password))
+    try:
+        created = asyncio.run(ensure_admin(settings.asyncpg_dsn, email, password))
+    except EmailTaken as exc:  # the email belongs to a customer or mitra: never promote it
+        raise click.ClickException(exc.detail) from None
     click.echo(f"admin {email} {'created' if created else 'already existed; password updated'}")
 
 

@@ -24,7 +24,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789abcdef"  # noqa: S105
 DEV_WEBHOOK_SECRET = "dev-only-webhook-secret-change-me"  # noqa: S105
 
-Seconds = Annotated[PositiveFloat, Field()]
+# Finite: "inf" would pass as positive, then overflow a socket timeout at runtime.
+Seconds = Annotated[PositiveFloat, Field(allow_inf_nan=False)]
 
 
 class DatabaseSettings(BaseSettings):

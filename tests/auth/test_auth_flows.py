@@ -360,7 +360,7 @@ async def test_passwords_and_tokens_never_reach_the_logs(clean: Servers) -> None
     secrets: list[str] = [NEW_PASSWORD, "wrong-password-that-is-secret", TEST_JWT_SECRET]
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            await eventually(lambda: _is_up(client), timeout=60)
+            await eventually(lambda: _is_up(client), within=60)
             r = await register(client, "logged@example.com")
             assert r.status_code == 201, r.text
             secrets += [r.json()["access_token"], r.json()["refresh_token"]]

@@ -2,8 +2,9 @@
 Postgres, and an app whose VALKEY_URL / DATABASE_URL point at the proxy, so a test can cut,
 black-hole and restore either server under a running app.
 
-Test modules load this file as a plugin (`pytest_plugins = ["tests.failures.helpers"]`), so
-the fixtures below are requested by name like the ones in tests/conftest.py.
+Fixtures are defined as `*_fixture` functions with `name=`: a test module imports the
+functions (`from .helpers import valkey_proxy_fixture  # noqa: F401`) and its tests ask
+for the fixture by its short name, which does not shadow the import.
 """
 
 from __future__ import annotations
@@ -60,22 +61,22 @@ def postgres_url_via(servers: Servers, proxy: FaultProxy) -> str:
 # -- fixtures --------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def valkey_proxy(clean: Servers) -> AsyncIterator[FaultProxy]:
+@pytest.fixture(name="valkey_proxy")
+async def valkey_proxy_fixture(clean: Servers) -> AsyncIterator[FaultProxy]:
     """A proxy in front of the shared test Valkey. Cutting it never stops the server itself,
     so the other tests keep theirs."""
     async with FaultProxy(valkey_target(clean)) as proxy:
         yield proxy
 
 
-@pytest.fixture
-async def postgres_proxy(clean: Servers) -> AsyncIterator[FaultProxy]:
+@pytest.fixture(name="postgres_proxy")
+async def postgres_proxy_fixture(clean: Servers) -> AsyncIterator[FaultProxy]:
     async with FaultProxy(postgres_target(clean)) as proxy:
         yield proxy
 
 
-@pytest.fixture
-async def valkey_fault_app(
+@pytest.fixture(name="valkey_fault_app")
+async def valkey_fault_app_fixture(
     make_app: AppFactory, clean: Servers, valkey_proxy: FaultProxy
 ) -> AsyncIterator[Instance]:
     """An app whose VALKEY_URL goes through `valkey_proxy` (Postgres direct)."""
@@ -86,8 +87,8 @@ async def valkey_fault_app(
             await valkey_proxy.restore()  # shut down against a live Valkey, not a hanging one
 
 
-@pytest.fixture
-async def postgres_fault_app(
+@pytest.fixture(name="postgres_fault_app")
+async def postgres_fault_app_fixture(
     make_app: AppFactory, clean: Servers, postgres_proxy: FaultProxy
 ) -> AsyncIterator[Instance]:
     """An app whose DATABASE_URL goes through `postgres_proxy` (Valkey direct)."""

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
+
 from halobestie.availability.queries import find_pool
 from halobestie.availability.sweeps import run_heartbeat_writeback
 from halobestie.availability.sync import sync_mitras
@@ -20,13 +22,13 @@ from .helpers import (
     dashboard,
     fallback_reads,
     heartbeat,
+    metric_sum,
     online_mitra,
     record_statuses,
     state_of,
     valkey_errors,
 )
-
-pytest_plugins = ["tests.failures.helpers"]
+from .helpers import valkey_fault_app_fixture, valkey_proxy_fixture  # noqa: F401
 
 
 @dataclass
@@ -114,7 +116,7 @@ async def test_fallback_answers_equal_the_valkey_answers_from_just_before_the_cu
     fallbacks = await fallback_reads(inst)
 
     await valkey_proxy.cut()
-    after = await all_answers(inst, cast, _NoValkey())
+    after = await all_answers(inst, cast, valkey)
     assert after["pool_source"] == "postgres" and after["dashboard"]["source"] == "postgres"
     for field in ("beacon", "mitras", "available", "pool"):
         assert after[field] == before[field], field
@@ -127,12 +129,13 @@ async def test_fallback_answers_equal_the_valkey_answers_from_just_before_the_cu
 
 
 async def test_writes_succeed_during_the_outage_and_the_mirror_reseeds_itself(
-    valkey_fault_app: Instance, valkey_proxy: FaultProxy, valkey: Any, pg: Any
+    valkey_fault_app: Instance, valkey_proxy: FaultProxy, valkey: Any, pg: asyncpg.Connection
 ) -> None:
     inst = valkey_fault_app
     statuses = record_statuses(inst)
     cast = await build_cast(inst)
     await run_heartbeat_writeback(inst.ctx, inst.clock.now())
+    newcomer = await make_user(inst.ctx, "mitra")  # offline until the outage
     errors = await valkey_errors(inst)
 
     await valkey_proxy.cut()
@@ -143,15 +146,15 @@ async def test_writes_succeed_during_the_outage_and_the_mirror_reseeds_itself(
         f"/api/admin/mitras/{cast.stale.id}", json={"is_active": False}, headers=cast.admin.headers
     )
     assert r.status_code == 200 and r.json()["mitra"]["is_active"] is False, r.text
-    r = await inst.client.post("/api/mitra/status/online", headers=cast.busy.headers)
-    assert r.status_code == 200, r.text
+    r = await inst.client.post("/api/mitra/status/online", headers=newcomer.headers)
+    assert r.status_code == 200 and r.json() == {"is_online": True}, r.text
     rows = {
         str(row["id"]): (row["is_online"], row["is_active"])
         for row in await pg.fetch("SELECT id, is_online, is_active FROM mitras")
     }
     assert rows[str(cast.reachable.id)] == (False, True)
     assert rows[str(cast.stale.id)] == (False, False)
-    assert rows[str(cast.busy.id)] == (True, True)
+    assert rows[str(newcomer.id)] == (True, True)
     assert await valkey_errors(inst) >= errors + 3  # each missed write is counted
     # The fallback already sees the writes (Postgres is the truth).
     assert await availability_of(inst, cast.customer, cast.reachable.id) == {
@@ -161,17 +164,20 @@ async def test_writes_succeed_during_the_outage_and_the_mirror_reseeds_itself(
     # Valkey itself never heard of them.
     assert await valkey.sismember(inst.ctx.keys.online, str(cast.reachable.id))
     assert not await valkey.sismember(inst.ctx.keys.deactivated, str(cast.stale.id))
+    assert not await valkey.sismember(inst.ctx.keys.online, str(newcomer.id))
 
     await valkey_proxy.restore()
     # No operator action: the probe notices, reseeds, and trusts the mirror again.
     await eventually(lambda: inst.ctx.mirror.trusted and inst.ctx.mirror.reachable)
     assert not await valkey.sismember(inst.ctx.keys.online, str(cast.reachable.id))
     assert await valkey.sismember(inst.ctx.keys.deactivated, str(cast.stale.id))
+    assert await valkey.sismember(inst.ctx.keys.online, str(newcomer.id))
+    assert await valkey.get(inst.ctx.keys.heartbeat(newcomer.id)) is not None
     r = await inst.client.get("/api/admin/availability/drift", headers=cast.admin.headers)
     assert r.status_code == 200 and r.json()["in_sync"] is True, r.text
     board = await dashboard(inst, cast.admin)
     assert board["source"] == "valkey"
-    assert (board["online_count"], board["deactivated_count"]) == (1, 2)  # busy only online
+    assert (board["online_count"], board["deactivated_count"]) == (2, 2)  # busy, newcomer
     assert not [s for s in statuses if s[1] >= 500], statuses
 
 
@@ -226,8 +232,34 @@ async def test_breaker_one_request_pays_the_timeout_then_postgres_answers_alone(
     assert not [s for s in statuses if s[1] >= 500], statuses
 
 
-class _NoValkey:
-    """Stands in for the raw client once Valkey is cut: there is no snapshot to delete."""
 
-    async def delete(self, *keys: str) -> int:
-        return 0
+async def test_after_restore_the_beacon_drops_its_pre_outage_snapshot_and_caches_again(
+    valkey_fault_app: Instance, valkey_proxy: FaultProxy
+) -> None:
+    inst = valkey_fault_app
+    leaving = await online_mitra(inst)
+    await online_mitra(inst)  # stays online throughout
+    assert state_of(await beacon(inst)) == ("available", 2)  # cached in Valkey for the TTL
+
+    await valkey_proxy.cut()
+    r = await inst.client.post("/api/mitra/status/offline", headers=leaving.headers)
+    assert r.status_code == 200, r.text
+    assert state_of(await beacon(inst)) == ("available", 1)  # Postgres knows
+
+    await valkey_proxy.restore()
+    await eventually(lambda: inst.ctx.mirror.trusted)
+    computed = await _snapshot_computations(inst)
+    # The reseed threw the pre-outage snapshot away: one fresh computation, then the
+    # cache serves every poll again (no poll waits for a lock nobody will release).
+    for _ in range(5):
+        assert state_of(await beacon(inst)) == ("available", 1)
+    assert await _snapshot_computations(inst) == {**computed, "valkey": computed["valkey"] + 1}
+
+
+async def _snapshot_computations(inst: Instance) -> dict[str, float]:
+    return {
+        source: await metric_sum(
+            inst, "halobestie_availability_snapshot_computations_total", source=source
+        )
+        for source in ("valkey", "valkey_uncached", "postgres")
+    }

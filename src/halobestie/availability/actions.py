@@ -40,7 +40,12 @@ async def do_go_online(ctx: Context, mitra_id: UUID, now: datetime) -> None:
             now,
         )
     if updated is None:
-        await _explain_refusal(ctx, mitra_id)
+        try:
+            await _explain_refusal(ctx, mitra_id)
+        except NotOnline:
+            # Deactivated when the UPDATE ran, reactivated since: still that refusal
+            # (not "go online first", which makes no sense on this endpoint).
+            raise MitraDeactivated(f"mitra {mitra_id} is deactivated") from None
     await sync_mitras(ctx, [mitra_id])
 
 

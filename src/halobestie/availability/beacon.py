@@ -18,6 +18,7 @@ from typing import Any
 from ..clock import iso
 from ..context import Context
 from ..errors import MirrorUnavailable
+from .mirror import Client
 from .queries import Pool, find_pool, pool_from_postgres
 
 # How long a loser waits for the winner's snapshot before computing its own (uncached).
@@ -50,10 +51,16 @@ async def get_beacon(ctx: Context, now: datetime) -> dict[str, Any]:
         if won:
             snapshot = snapshot_from(await find_pool(ctx, now, reader="beacon"), now)
             ctx.metrics.snapshot_computations.labels(source="valkey").inc()
-            await ctx.mirror.write(
-                "beacon_store",
-                lambda c: c.set(keys.snapshot, json.dumps(snapshot), ex=ttl),
-            )
+
+            async def store(c: Client) -> None:
+                # Release the lock with the store: once the snapshot is gone early (a
+                # reseed deletes it), the next poll must recompute, not wait out the lock.
+                async with c.pipeline(transaction=True) as pipe:
+                    pipe.set(keys.snapshot, json.dumps(snapshot), ex=ttl)
+                    pipe.delete(keys.snapshot_lock)
+                    await pipe.execute()
+
+            await ctx.mirror.write("beacon_store", store)
             return snapshot
         for _ in range(WAIT_STEPS):
             await asyncio.sleep(WAIT_STEP_SECONDS)

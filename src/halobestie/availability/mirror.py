@@ -22,6 +22,8 @@ from typing import Any, TypeAlias, TypeVar
 import valkey.asyncio as valkey_async
 from valkey.asyncio.connection import Connection
 from valkey.backoff import NoBackoff
+from valkey.exceptions import ConnectionError as ValkeyConnectionError
+from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 from valkey.exceptions import ValkeyError
 from valkey.retry import Retry
 
@@ -68,7 +70,7 @@ class Mirror:
             # One quick retry absorbs a single dropped connection; a restart is still
             # noticed because every new connection reports the server's run_id.
             retry=Retry(NoBackoff(), 1),
-            retry_on_error=[ConnectionError, TimeoutError, OSError],
+            retry_on_error=[ValkeyConnectionError, ValkeyTimeoutError],
             valkey_connect_func=self._on_connect,
             health_check_interval=0,
         )

@@ -135,7 +135,7 @@ async def run_reseed(ctx: Context, now: datetime) -> SeedCounts | None:
     if drift.count:
         ctx.metrics.drift_found.inc(drift.count)
         ctx.metrics.drift_healed.inc(drift.count)
-        log.warning("mirror_drift_healed", differences=drift.count, **drift.as_dict())
+        log.warning("mirror_drift_healed", healed=drift.count, **drift.as_dict())
     return counts
 
 

@@ -1,0 +1,274 @@
+"""Configuration (SPEC §2): bad values fail at startup, naming the variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from pydantic import ValidationError
+
+from halobestie.cli import main
+from halobestie.config import (
+    DEV_JWT_SECRET,
+    DEV_WEBHOOK_SECRET,
+    Settings,
+    describe_error,
+    load_settings,
+)
+
+INT_DURATIONS = [
+    "ACCESS_TOKEN_TTL_SECONDS",
+    "REFRESH_TOKEN_TTL_SECONDS",
+    "HEARTBEAT_INTERVAL_SECONDS",
+    "HEARTBEAT_STALE_SECONDS",
+    "AVAILABILITY_SNAPSHOT_TTL_SECONDS",
+    "PAIRING_OFFER_TTL_SECONDS",
+    "PAYMENT_TIMEOUT_SECONDS",
+]
+FLOAT_DURATIONS = [
+    "MITRA_AUTO_OFFLINE_SWEEP_SECONDS",
+    "HEARTBEAT_MIRROR_INTERVAL_SECONDS",
+    "VALKEY_ONLINE_MIRROR_SWEEP_SECONDS",
+    "VALKEY_OPERATION_TIMEOUT_SECONDS",
+    "VALKEY_PROBE_INTERVAL_SECONDS",
+    "DATABASE_TIMEOUT_SECONDS",
+]
+DURATIONS = INT_DURATIONS + FLOAT_DURATIONS
+COUNTS = ["MITRA_MAX_CONCURRENT_SESSIONS", "PAIRING_FANOUT", "DATABASE_POOL_SIZE"]
+ALL_VARIABLES = [
+    "DATABASE_URL", "VALKEY_URL", "VALKEY_KEY_PREFIX", "JWT_SECRET", "PAYMENT_WEBHOOK_SECRET",
+    "HALOBESTIE_ENV", "SWEEPS_ENABLED", "LOG_LEVEL", *DURATIONS, *COUNTS,
+]  # fmt: skip
+VALID = {
+    "DATABASE_URL": "postgresql://app:pw@db.internal:5432/halobestie",
+    "VALKEY_URL": "redis://cache.internal:6379/0",
+    "JWT_SECRET": "a-real-production-jwt-secret-0123456789",
+    "PAYMENT_WEBHOOK_SECRET": "a-real-webhook-secret-0123",
+}
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """A clean, valid production environment; tests spoil one variable at a time."""
+    for name in ALL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    for name, value in VALID.items():
+        monkeypatch.setenv(name, value)
+    return monkeypatch
+
+
+def refused(variable: str) -> str:
+    """Load settings from the environment; return the message, which must name `variable`."""
+    with pytest.raises(ValidationError) as info:
+        load_settings()
+    message = describe_error(info.value)
+    assert variable in message, message
+    return message
+
+
+def test_a_valid_environment_loads_with_the_documented_defaults(env: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    assert s.database_url == VALID["DATABASE_URL"]
+    assert s.env == "production" and not s.is_dev
+    assert s.access_token_ttl_seconds == 900
+    assert s.refresh_token_ttl_seconds == 2_592_000
+    assert s.heartbeat_interval_seconds == 20
+    assert s.heartbeat_stale_seconds == 60
+    assert s.availability_snapshot_ttl_seconds == 10
+    assert s.mitra_max_concurrent_sessions == 1
+    assert s.pairing_fanout == 5
+    assert s.pairing_offer_ttl_seconds == 30
+    assert s.payment_timeout_seconds == 600
+    assert s.mitra_auto_offline_sweep_seconds == 30
+    assert s.heartbeat_mirror_interval_seconds == 60
+    assert s.valkey_online_mirror_sweep_seconds == 300
+    assert s.valkey_key_prefix == ""
+
+
+@pytest.mark.parametrize("variable", DURATIONS)
+@pytest.mark.parametrize("value", ["ten", "", "30s", "0", "-1", "-0.5", "0.0"])
+def test_bad_durations_are_refused_naming_the_variable(
+    env: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    env.setenv(variable, value)
+    refused(variable)
+
+
+@pytest.mark.parametrize("variable", FLOAT_DURATIONS)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e999"])
+def test_non_finite_durations_are_refused(
+    env: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    env.setenv(variable, value)
+    refused(variable)
+
+
+@pytest.mark.parametrize("variable", COUNTS)
+@pytest.mark.parametrize("value", ["many", "0", "-3", "1.5"])
+def test_bad_counts_are_refused_naming_the_variable(
+    env: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    env.setenv(variable, value)
+    refused(variable)
+
+
+def test_one_second_durations_are_accepted(env: pytest.MonkeyPatch) -> None:
+    for variable in DURATIONS:
+        env.setenv(variable, "1")
+    settings = load_settings()
+    for variable in DURATIONS:
+        assert getattr(settings, variable.lower()) == 1, variable
+
+
+def test_overrides_win_over_the_environment_and_are_validated_too(
+    env: pytest.MonkeyPatch,
+) -> None:
+    env.setenv("HEARTBEAT_STALE_SECONDS", "45")
+    assert load_settings(HEARTBEAT_STALE_SECONDS=5).heartbeat_stale_seconds == 5
+    with pytest.raises(ValidationError) as info:
+        load_settings(HEARTBEAT_STALE_SECONDS=0)
+    assert "HEARTBEAT_STALE_SECONDS" in describe_error(info.value)
+
+
+def test_every_bad_variable_is_named_at_once(env: pytest.MonkeyPatch) -> None:
+    env.setenv("HEARTBEAT_STALE_SECONDS", "0")
+    env.setenv("PAIRING_FANOUT", "lots")
+    env.setenv("VALKEY_URL", "http://cache:6379")
+    message = refused("HEARTBEAT_STALE_SECONDS")
+    assert "PAIRING_FANOUT" in message and "VALKEY_URL" in message
+
+
+@pytest.mark.parametrize("variable", ["DATABASE_URL", "VALKEY_URL", "JWT_SECRET"])
+def test_a_missing_required_variable_is_named(env: pytest.MonkeyPatch, variable: str) -> None:
+    env.delenv(variable)
+    refused(variable)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["mysql://u:p@db/halobestie", "http://db/halobestie", "postgresql://db", "postgresql://db/",
+     "db.internal/halobestie", ""],
+)  # fmt: skip
+def test_malformed_database_urls_are_refused(env: pytest.MonkeyPatch, url: str) -> None:
+    env.setenv("DATABASE_URL", url)
+    refused("DATABASE_URL")
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://u:p@db:5432/halobestie", "postgres://db/halobestie",
+            "postgresql:///halobestie?host=/tmp/sockets"],
+)  # fmt: skip
+def test_postgres_urls_in_both_schemes_are_accepted(env: pytest.MonkeyPatch, url: str) -> None:
+    env.setenv("DATABASE_URL", url)
+    settings = load_settings()
+    assert settings.asyncpg_dsn.startswith("postgresql://")
+    assert settings.asyncpg_dsn.endswith(url.split("://", 1)[1])
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://cache:6379", "cache:6379", "redis://cache:notaport", "redis://cache:99999",
+     "redis://:6379/0", "memcached://cache:11211", ""],
+)  # fmt: skip
+def test_malformed_valkey_urls_are_refused(env: pytest.MonkeyPatch, url: str) -> None:
+    env.setenv("VALKEY_URL", url)
+    refused("VALKEY_URL")
+
+
+@pytest.mark.parametrize(
+    ("url", "client_url"),
+    [
+        ("redis://cache:6379/0", "redis://cache:6379/0"),
+        ("rediss://cache:6380/0", "rediss://cache:6380/0"),
+        ("valkey://cache:6379/1", "redis://cache:6379/1"),
+        ("valkeys://:pw@cache:6380", "rediss://:pw@cache:6380"),
+    ],
+)
+def test_valkey_and_tls_schemes_are_accepted(
+    env: pytest.MonkeyPatch, url: str, client_url: str
+) -> None:
+    env.setenv("VALKEY_URL", url)
+    assert load_settings().valkey_client_url == client_url
+
+
+@pytest.mark.parametrize(
+    ("variable", "dev_value"),
+    [("JWT_SECRET", DEV_JWT_SECRET), ("PAYMENT_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET)],
+)
+@pytest.mark.parametrize("environment", [None, "production", "staging"])
+def test_dev_secrets_are_refused_outside_dev(
+    env: pytest.MonkeyPatch, variable: str, dev_value: str, environment: str | None
+) -> None:
+    env.setenv(variable, dev_value)
+    if environment:
+        env.setenv("HALOBESTIE_ENV", environment)
+    refused(variable)
+
+
+def test_dev_secrets_are_accepted_with_halobestie_env_dev(env: pytest.MonkeyPatch) -> None:
+    env.setenv("JWT_SECRET", DEV_JWT_SECRET)
+    env.setenv("PAYMENT_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET)
+    env.setenv("HALOBESTIE_ENV", "dev")
+    settings = load_settings()
+    assert settings.is_dev and settings.jwt_secret == DEV_JWT_SECRET
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("JWT_SECRET", "short"), ("PAYMENT_WEBHOOK_SECRET", "short")]
+)
+def test_short_secrets_are_refused(env: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    env.setenv(variable, value)
+    refused(variable)
+
+
+def test_settings_is_the_type_load_settings_returns(env: pytest.MonkeyPatch) -> None:
+    assert isinstance(load_settings(), Settings)
+
+
+# --- the command line refuses bad configuration cleanly ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("HEARTBEAT_STALE_SECONDS", "0"), ("MITRA_AUTO_OFFLINE_SWEEP_SECONDS", "soon"),
+     ("VALKEY_URL", "http://cache:6379"), ("DATABASE_URL", "mysql://db/halobestie"),
+     ("JWT_SECRET", DEV_JWT_SECRET)],
+)  # fmt: skip
+def test_serve_with_a_bad_variable_exits_naming_it_without_a_traceback(
+    env: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    result = CliRunner().invoke(main, ["serve"], env={variable: value})
+    assert result.exit_code != 0
+    assert isinstance(result.exception, SystemExit)  # a clean exit, not a crash
+    assert variable in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["create-admin", "--email", "a@b.co",
+                                                   "--password", "12345678"]])  # fmt: skip
+def test_database_commands_name_a_bad_database_url(
+    env: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    result = CliRunner().invoke(main, command, env={"DATABASE_URL": "mysql://db/halobestie"})
+    assert result.exit_code != 0
+    assert isinstance(result.exception, SystemExit)
+    assert "DATABASE_URL" in result.output, result.output
+
+
+def test_the_installed_command_reports_bad_configuration_on_stderr() -> None:
+    """The real executable, in its own process: exit status 1, the variable named, no
+    traceback."""
+    env = {k: v for k, v in os.environ.items() if k.upper() not in ALL_VARIABLES}
+    env.update(VALID, VALKEY_URL="valkey://cache:bad-port")
+    exe = Path(sys.executable).parent / "halobestie"
+    proc = subprocess.run(  # noqa: S603
+        [str(exe), "serve"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 1, proc
+    assert "VALKEY_URL" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
