@@ -112,8 +112,9 @@ async def test_deactivation_racing_with_toggles_leaves_no_drift(
         )
         for n in range(10)
     ]
-    toggles = _toggle(inst.client, mitra.headers, "online")
-    *patched, codes = await asyncio.gather(*patches, toggles)
+    patched, codes = await asyncio.gather(
+        asyncio.gather(*patches), _toggle(inst.client, mitra.headers, "online")
+    )
     assert {r.status_code for r in patched} == {200}
     # Requests racing the revocation are refused one way or another, never a 5xx.
     assert set(codes) <= {200, 401, 403}, codes

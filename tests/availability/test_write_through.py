@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 
@@ -31,6 +32,7 @@ async def test_going_online_adds_to_set_sets_heartbeat_and_postgres_timestamp(
     row = await pg.fetchrow(
         "SELECT is_online, last_heartbeat_at FROM mitras WHERE id = $1", mitra.id
     )
+    assert row is not None
     assert row["is_online"] is True
     assert row["last_heartbeat_at"] == now
 
@@ -131,7 +133,7 @@ async def test_capacity_is_rederived_never_incremented(
 
     rng = random.Random(20240525)
     statuses = ["pending_payment", "active", "ended", "expired", "cancelled", "rerouted"]
-    sessions = []
+    sessions: list[UUID] = []
     for _ in range(40):
         if not sessions or rng.random() < 0.4:
             sessions.append(

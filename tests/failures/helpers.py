@@ -2,9 +2,9 @@
 Postgres, and an app whose VALKEY_URL / DATABASE_URL point at the proxy, so a test can cut,
 black-hole and restore either server under a running app.
 
-Fixtures are defined as `*_fixture` functions with `name=`: a test module imports the
-functions (`from .helpers import valkey_proxy_fixture  # noqa: F401`) and its tests ask
-for the fixture by its short name, which does not shadow the import.
+Fixtures are defined as `*_fixture` functions with `name=`: a test module binds the
+function at module level (`valkey_proxy_fixture = helpers.valkey_proxy_fixture`) and its
+tests ask for the fixture by its short name, which shadows nothing.
 """
 
 from __future__ import annotations

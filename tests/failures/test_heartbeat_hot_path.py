@@ -18,6 +18,7 @@ from tests.conftest import AppFactory, Instance, Servers
 from tests.factories import Person, make_user
 from tests.support.proxy import FaultProxy
 
+from . import helpers
 from .helpers import (
     availability_of,
     beacon,
@@ -27,7 +28,10 @@ from .helpers import (
     state_of,
     valkey_url_via,
 )
-from .helpers import valkey_fault_app_fixture, valkey_proxy_fixture  # noqa: F401
+
+# The shared fixtures (requested by their short names).
+valkey_fault_app_fixture = helpers.valkey_fault_app_fixture
+valkey_proxy_fixture = helpers.valkey_proxy_fixture
 
 # -- the guard during a Valkey outage ---------------------------------------------------
 
@@ -146,7 +150,7 @@ async def statement_log(clean: Servers) -> AsyncIterator[StatementLog]:
     database = urlsplit(clean.database_url).path.lstrip("/")
     admin = await asyncpg.connect(clean.database_url)
     try:
-        await admin.execute(f'ALTER DATABASE "{database}" SET log_statement = \'all\'')
+        await admin.execute(f"ALTER DATABASE \"{database}\" SET log_statement = 'all'")
         marker = await asyncpg.connect(clean.database_url)  # logs too: opened after ALTER
         try:
             yield StatementLog(clean.postgres.data_dir / "log", marker)
@@ -164,6 +168,10 @@ async def test_heartbeats_run_zero_postgres_statements(
     valkey_proxy: FaultProxy,
     valkey: Any,
 ) -> None:
+    """Measured on the Postgres side (see StatementLog): the server's own statement log
+    between two markers holds nothing from 100 heartbeats. Two positive controls prove the
+    measurement can see this app: a status read, and heartbeats once Valkey is cut (the
+    fallback writes last_heartbeat_at: exactly one UPDATE per ping)."""
     async with make_app(VALKEY_URL=valkey_url_via(clean, valkey_proxy)) as inst:
         mitra = await online_mitra(inst)
         # Positive control first: the measurement does see this app's statements.
@@ -199,8 +207,8 @@ async def test_heartbeats_run_zero_postgres_statements(
 async def test_beacon_polls_run_zero_postgres_statements(
     statement_log: StatementLog, make_app: AppFactory, valkey: Any
 ) -> None:
-    """Cached or recomputed from Valkey (snapshot deleted before each poll), the beacon
-    never asks Postgres."""
+    """Served from the snapshot or recomputed from Valkey (the snapshot is deleted before
+    every other poll), the beacon never asks Postgres. Same measurement as above."""
     async with make_app() as inst:
         for _ in range(2):
             await online_mitra(inst)

@@ -16,6 +16,7 @@ from tests.conftest import Instance, eventually
 from tests.factories import Person, make_chat_session, make_user
 from tests.support.proxy import FaultProxy
 
+from . import helpers
 from .helpers import (
     availability_of,
     beacon,
@@ -28,7 +29,10 @@ from .helpers import (
     state_of,
     valkey_errors,
 )
-from .helpers import valkey_fault_app_fixture, valkey_proxy_fixture  # noqa: F401
+
+# The shared fixtures (requested by their short names).
+valkey_fault_app_fixture = helpers.valkey_fault_app_fixture
+valkey_proxy_fixture = helpers.valkey_proxy_fixture
 
 
 @dataclass
@@ -230,7 +234,6 @@ async def test_breaker_one_request_pays_the_timeout_then_postgres_answers_alone(
     assert await availability_of(inst, customer, mitra.id) == {"reachable": True, "available": True}
     assert await fallback_reads(inst) == settled  # answered by Valkey again
     assert not [s for s in statuses if s[1] >= 500], statuses
-
 
 
 async def test_after_restore_the_beacon_drops_its_pre_outage_snapshot_and_caches_again(

@@ -49,6 +49,12 @@ async def get_beacon(ctx: Context, now: datetime) -> dict[str, Any]:
             "beacon", lambda c: c.set(keys.snapshot_lock, token, nx=True, px=ttl * 1000)
         )
         if won:
+            # The previous winner may have stored its snapshot and released the lock
+            # between our GET and our SET NX: serve that one instead of computing again.
+            raw = await ctx.mirror.read("beacon", lambda c: c.get(keys.snapshot))
+            if raw is not None:
+                await ctx.mirror.write("beacon_unlock", lambda c: c.delete(keys.snapshot_lock))
+                return dict(json.loads(raw))
             snapshot = snapshot_from(await find_pool(ctx, now, reader="beacon"), now)
             ctx.metrics.snapshot_computations.labels(source="valkey").inc()
 

@@ -14,7 +14,7 @@ from uuid import UUID
 
 from ..clock import parse_iso
 from ..context import Context
-from ..errors import MirrorUnavailable, NotFound
+from ..errors import DatabaseUnavailable, MirrorUnavailable, NotFound
 from .mirror import Client
 
 
@@ -151,8 +151,12 @@ async def mitra_reachability(ctx: Context, mitra_id: UUID, now: datetime) -> Rea
         reachable = bool(row["is_online"] and row["is_active"] and fresh)
         return Reachability(reachable, reachable and row["capacity"] < max_sessions)
     if not online and not deactivated:
-        # Offline (or unknown): Valkey cannot tell the two apart, Postgres can.
-        await _require_mitra(ctx, mitra_id)
+        # Offline (or unknown): Valkey cannot tell the two apart, Postgres can. While
+        # Postgres is down, Valkey's "not reachable" still answers (SPEC: Postgres outage).
+        try:
+            await _require_mitra(ctx, mitra_id)
+        except DatabaseUnavailable:
+            pass
         return Reachability(False, False)
     reachable = (
         online and not deactivated and heartbeat is not None and parse_iso(heartbeat) > cutoff
