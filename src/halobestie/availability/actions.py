@@ -131,11 +131,14 @@ async def do_record_heartbeat(ctx: Context, mitra_id: UUID, now: datetime) -> He
         )
     except MirrorUnavailable:
         ctx.metrics.fallback_reads.labels(reader="heartbeat").inc()
-        async with ctx.db.connection() as conn:
-            updated = await conn.fetchval(HEARTBEAT_FALLBACK_SQL, mitra_id, now)
-        if updated is None:
+        for _ in range(2):
+            async with ctx.db.connection() as conn:
+                if await conn.fetchval(HEARTBEAT_FALLBACK_SQL, mitra_id, now) is not None:
+                    return HeartbeatResult(now, "postgres")
+            # Raises with the reason; returns only if the mitra went (back) online
+            # between the UPDATE and this check, and then the UPDATE is worth a retry.
             await _explain_refusal(ctx, mitra_id)
-        return HeartbeatResult(now, "postgres")
+        raise NotOnline(f"mitra {mitra_id} is changing status; retry the heartbeat") from None
     if outcome == -1:
         raise MitraDeactivated(f"mitra {mitra_id} is deactivated")
     if outcome == 0:

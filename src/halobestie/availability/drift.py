@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..clock import parse_iso
 from ..context import Context
 from .mirror import Client
-from .seed import Truth, read_truth
+from .truth import Truth, locked_truth
 
 
 @dataclass
@@ -39,35 +40,50 @@ class Drift:
         }
 
 
-async def _read_valkey(
-    ctx: Context, client: Client
-) -> tuple[set[str], set[str], dict[str, int], dict[str, str]]:
+@dataclass(frozen=True)
+class Mirrored:
+    """What Valkey holds right now."""
+
+    online: set[str]
+    deactivated: set[str]
+    capacities: dict[str, int]
+    heartbeats: dict[str, str]
+
+
+async def _scan_values(
+    client: Client, pattern: str, id_from: Callable[[str], str]
+) -> dict[str, str]:
+    keys = [k async for k in client.scan_iter(match=pattern, count=1000)]
+    values: dict[str, str] = {}
+    for start in range(0, len(keys), 1000):
+        chunk = keys[start : start + 1000]
+        for key, value in zip(chunk, await client.mget(chunk), strict=True):
+            if value is not None:
+                values[id_from(key)] = value
+    return values
+
+
+async def read_mirrored(ctx: Context, client: Client) -> Mirrored:
     keys = ctx.keys
-    online = set(await client.smembers(keys.online))
-    deactivated = set(await client.smembers(keys.deactivated))
-    capacities: dict[str, int] = {}
-    async for key in client.scan_iter(match=keys.capacity_pattern, count=1000):
-        value = await client.get(key)
-        if value is not None:
-            capacities[keys.id_from(key)] = int(value)
-    heartbeats: dict[str, str] = {}
-    async for key in client.scan_iter(match=keys.heartbeat_pattern, count=1000):
-        value = await client.get(key)
-        if value is not None:
-            heartbeats[keys.id_from(key)] = value
-    return online, deactivated, capacities, heartbeats
+    capacities = await _scan_values(client, keys.capacity_pattern, keys.id_from)
+    return Mirrored(
+        online=set(await client.smembers(keys.online)),
+        deactivated=set(await client.smembers(keys.deactivated)),
+        capacities={k: int(v) for k, v in capacities.items()},
+        heartbeats=await _scan_values(client, keys.heartbeat_pattern, keys.id_from),
+    )
 
 
 async def compute_drift(ctx: Context) -> Drift:
     """Raises MirrorUnavailable when Valkey cannot be read (the caller answers 503)."""
-    async with (
-        ctx.db.connection() as conn,
-        conn.transaction(isolation="repeatable_read", readonly=True),
-    ):
-        truth: Truth = await read_truth(conn)
-    online, deactivated, capacities, heartbeats = await ctx.mirror.raw(
-        "drift", lambda c: _read_valkey(ctx, c)
-    )
+    async with locked_truth(ctx) as truth:
+        mirrored = await ctx.mirror.raw("drift", lambda c: read_mirrored(ctx, c))
+    return compare(truth, mirrored)
+
+
+def compare(truth: Truth, mirrored: Mirrored) -> Drift:
+    online, deactivated = mirrored.online, mirrored.deactivated
+    capacities, heartbeats = mirrored.capacities, mirrored.heartbeats
     drift = Drift()
     drift.online = {
         "missing": sorted(truth.online - online),

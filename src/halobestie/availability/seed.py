@@ -1,8 +1,8 @@
 """Seed: rebuild the whole mirror from Postgres.
 
 Runs at startup, on every Valkey reconnect (new server lifetime), on the reseed sweep
-and by hand (`POST /api/admin/availability/reseed`). Holds the seed advisory lock
-exclusively (see `locks.py`), reads one REPEATABLE READ snapshot, then swaps each set in
+and by hand (`POST /api/admin/availability/reseed`). Under `locked_truth` (the seed
+advisory lock, one REPEATABLE READ snapshot) it swaps each set in
 with MULTI (build a temporary key, RENAME over the live one), so readers see either the
 old set or the new one, never half of it.
 """
@@ -11,27 +11,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..clock import iso
 from ..context import Context
 from ..logs import get_logger
-from . import locks
+from .drift import Drift, compare, read_mirrored
 from .mirror import Client
+from .truth import Truth, locked_truth
 
 log = get_logger(__name__)
 CHUNK = 1000
-
-
-@dataclass(frozen=True)
-class Truth:
-    """The mirror as Postgres says it should be."""
-
-    online: set[str]
-    deactivated: set[str]
-    capacities: dict[str, int]
-    heartbeats: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -40,53 +31,30 @@ class SeedCounts:
     deactivated: int
     capacities: int
     heartbeats: int
+    drift: Drift | None = None
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        """What was written (the reseed endpoint's answer)."""
+        return {
+            "online": self.online,
+            "deactivated": self.deactivated,
+            "capacities": self.capacities,
+            "heartbeats": self.heartbeats,
+        }
 
 
-TRUTH_SQL_MITRAS = """
-SELECT id::text, is_online, is_active, last_heartbeat_at FROM mitras
-WHERE is_online OR NOT is_active
-"""
-TRUTH_SQL_CAPACITY = """
-SELECT mitra_id::text, count(*) FROM chat_sessions
-WHERE status IN ('active', 'pending_payment') GROUP BY mitra_id
-"""
-
-
-async def read_truth(conn: Any) -> Truth:
-    online: set[str] = set()
-    deactivated: set[str] = set()
-    heartbeats: dict[str, str] = {}
-    for mitra_id, is_online, is_active, heartbeat in await conn.fetch(TRUTH_SQL_MITRAS):
-        if is_online:
-            online.add(mitra_id)
-            if heartbeat is not None:
-                heartbeats[mitra_id] = iso(heartbeat)
-        if not is_active:
-            deactivated.add(mitra_id)
-    counts = {mitra_id: n for mitra_id, n in await conn.fetch(TRUTH_SQL_CAPACITY)}
-    # The capacity of every online mitra, 0 included, plus any mitra with open sessions.
-    capacities = {mitra_id: counts.get(mitra_id, 0) for mitra_id in online}
-    capacities.update(counts)
-    return Truth(online, deactivated, capacities, heartbeats)
-
-
-async def seed_mirror(ctx: Context, reason: str) -> SeedCounts:
+async def seed_mirror(ctx: Context, reason: str, *, measure_drift: bool = False) -> SeedCounts:
     """Replace the mirror with Postgres' truth. Raises MirrorUnavailable or
-    DatabaseUnavailable; the caller decides whether to retry."""
+    DatabaseUnavailable; the caller decides whether to retry. With `measure_drift`, the
+    differences found just before the swap, under the same lock, are in `counts.drift`."""
     started = ctx.clock.now()
-    async with ctx.db.connection() as conn:
-        await conn.execute("SELECT pg_advisory_lock($1::int, $2::int)", locks.NAMESPACE, locks.SEED)
-        try:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                truth = await read_truth(conn)
-            counts = await ctx.mirror.raw("seed", lambda c: _write(ctx, c, truth))
-        finally:
-            await conn.execute(
-                "SELECT pg_advisory_unlock($1::int, $2::int)", locks.NAMESPACE, locks.SEED
-            )
+    drift: Drift | None = None
+    async with locked_truth(ctx) as truth:
+        if measure_drift:
+            mirrored = await ctx.mirror.raw("drift", lambda c: read_mirrored(ctx, c))
+            drift = compare(truth, mirrored)
+        counts = await ctx.mirror.raw("seed", lambda c: _write(ctx, c, truth))
+    counts = replace(counts, drift=drift)
     ctx.metrics.seeds.labels(reason=reason).inc()
     log.info("mirror_seeded", reason=reason, started_at=iso(started), **counts.as_dict())
     return counts

@@ -18,7 +18,6 @@ from ..context import Context
 from ..errors import DatabaseUnavailable, MirrorUnavailable
 from ..logs import get_logger
 from . import locks
-from .drift import compute_drift
 from .mirror import Client
 from .seed import SeedCounts, seed_mirror
 from .sync import sync_mitras
@@ -128,11 +127,12 @@ async def run_heartbeat_writeback(ctx: Context, now: datetime) -> SweepResult:
 async def run_reseed(ctx: Context, now: datetime) -> SeedCounts | None:
     """Full reseed; counts the drift it healed. None when Valkey is unreachable."""
     try:
-        drift = await compute_drift(ctx)
-        counts = await seed_mirror(ctx, "sweep")
+        counts = await seed_mirror(ctx, "sweep", measure_drift=True)
     except MirrorUnavailable:
         return None
-    if drift.count:
+    drift = counts.drift
+    # Measured under the seed lock: a second instance reseeding right after finds none.
+    if drift is not None and drift.count:
         ctx.metrics.drift_found.inc(drift.count)
         ctx.metrics.drift_healed.inc(drift.count)
         log.warning("mirror_drift_healed", healed=drift.count, **drift.as_dict())

@@ -1,0 +1,70 @@
+"""The mirror as Postgres says it should be, read under the seed lock.
+
+`locked_truth` holds the seed advisory lock exclusively (see `locks.py`) while it reads
+one REPEATABLE READ snapshot and while the caller uses it: no mirror write can land in
+between, so a seed swaps in exactly this truth and a drift report compares against it
+without mistaking a write in flight for drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from ..clock import iso
+from ..context import Context
+from . import locks
+
+
+@dataclass(frozen=True)
+class Truth:
+    """The mirror as Postgres says it should be."""
+
+    online: set[str]
+    deactivated: set[str]
+    capacities: dict[str, int]
+    heartbeats: dict[str, str]
+
+
+TRUTH_SQL_MITRAS = """
+SELECT id::text, is_online, is_active, last_heartbeat_at FROM mitras
+WHERE is_online OR NOT is_active
+"""
+TRUTH_SQL_CAPACITY = """
+SELECT mitra_id::text, count(*) FROM chat_sessions
+WHERE status IN ('active', 'pending_payment') GROUP BY mitra_id
+"""
+
+
+async def read_truth(conn: Any) -> Truth:
+    online: set[str] = set()
+    deactivated: set[str] = set()
+    heartbeats: dict[str, str] = {}
+    for mitra_id, is_online, is_active, heartbeat in await conn.fetch(TRUTH_SQL_MITRAS):
+        if is_online:
+            online.add(mitra_id)
+            if heartbeat is not None:
+                heartbeats[mitra_id] = iso(heartbeat)
+        if not is_active:
+            deactivated.add(mitra_id)
+    counts = {mitra_id: n for mitra_id, n in await conn.fetch(TRUTH_SQL_CAPACITY)}
+    # The capacity of every online mitra, 0 included, plus any mitra with open sessions.
+    capacities = {mitra_id: counts.get(mitra_id, 0) for mitra_id in online}
+    capacities.update(counts)
+    return Truth(online, deactivated, capacities, heartbeats)
+
+
+@asynccontextmanager
+async def locked_truth(ctx: Context) -> AsyncIterator[Truth]:
+    async with ctx.db.connection() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1::int, $2::int)", locks.NAMESPACE, locks.SEED)
+        try:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                truth = await read_truth(conn)
+            yield truth
+        finally:
+            await conn.execute(
+                "SELECT pg_advisory_unlock($1::int, $2::int)", locks.NAMESPACE, locks.SEED
+            )
