@@ -49,6 +49,24 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # Pre-create the known series so that a scrape shows them at 0 from the start
+        # (an absent series and a zero one look different to alerting rules).
+        for operation in (
+            "heartbeat",
+            "beacon",
+            "reachability",
+            "find_available",
+            "dashboard",
+            "sync_mitras",
+            "seed",
+            "auto_offline",
+            "writeback",
+        ):
+            self.valkey_errors.labels(operation=operation)
+        for reader in ("heartbeat", "beacon", "reachability", "find_available", "dashboard"):
+            self.fallback_reads.labels(reader=reader)
+        for sweep in ("auto_offline", "heartbeat_writeback", "reseed"):
+            self.sweep_duration.labels(sweep=sweep)
         self.snapshot_computations = Counter(
             "halobestie_availability_snapshot_computations_total",
             "Beacon snapshots computed (the rest were served from the shared cache).",
