@@ -34,7 +34,7 @@ from halobestie.migrate import run_migrations
 
 TEST_JWT_SECRET = "test-jwt-secret-0123456789abcdef0123456789"
 TEST_WEBHOOK_SECRET = "test-webhook-secret-0123456789"
-TABLES = "chat_sessions, auth_sessions, mitras, users"
+TABLES = "timers, payments, chat_session_events, pairing_offers, pairing_requests, chat_sessions, auth_sessions, mitras, users"
 
 
 @dataclass
@@ -89,6 +89,7 @@ def settings_for(**overrides: Any) -> Settings:
         "JWT_SECRET": TEST_JWT_SECRET,
         "PAYMENT_WEBHOOK_SECRET": TEST_WEBHOOK_SECRET,
         "SWEEPS_ENABLED": False,
+        "TIMERS_ENABLED": False,
         "VALKEY_PROBE_INTERVAL_SECONDS": 0.05,
         "VALKEY_OPERATION_TIMEOUT_SECONDS": 0.3,
         "DATABASE_TIMEOUT_SECONDS": 2,

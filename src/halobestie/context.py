@@ -12,6 +12,7 @@ from .availability.mirror import Mirror
 from .clock import Clock
 from .config import Settings
 from .db import Database
+from .events.bus import EventBus
 from .metrics import Metrics
 
 
@@ -46,6 +47,7 @@ class Context:
     metrics: Metrics
     clock: Clock
     scripts: Scripts
+    events: EventBus
     # In-process cache of the beacon while Valkey is down: protects Postgres from one
     # aggregate per customer poll during an outage. (expires at, snapshot)
     fallback_beacon: tuple[datetime, dict[str, Any]] | None = field(default=None)

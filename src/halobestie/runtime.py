@@ -1,6 +1,6 @@
 """Start and stop one instance's engine: the order is the contract (SPEC §1).
 
-restore timers -> seed Valkey from Postgres -> start the watcher and sweeps -> serve.
+restore timers -> seed Valkey from Postgres -> start the watcher, sweeps and timers -> serve.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from .clock import Clock, SystemClock
 from .config import Settings
 from .context import Context, Scripts
 from .db import Database
+from .events.bus import EventBus
 from .logs import get_logger
 from .metrics import Metrics
-from .sessions.timers import restore_timers
+from .sessions.timers import TimerRunner, restore_timers
 
 log = get_logger(__name__)
 
@@ -23,6 +24,7 @@ log = get_logger(__name__)
 class Runtime:
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         metrics = Metrics()
+        keys = Keys(settings.valkey_key_prefix)
         mirror = Mirror(
             settings.valkey_client_url,
             metrics,
@@ -37,12 +39,14 @@ class Runtime:
                 timeout=settings.database_timeout_seconds,
             ),
             mirror=mirror,
-            keys=Keys(settings.valkey_key_prefix),
+            keys=keys,
             metrics=metrics,
             clock=clock or SystemClock(),
             scripts=Scripts.register(mirror),
+            events=EventBus(mirror, keys),
         )
         self.sweeps = SweepRunner(self.ctx)
+        self.timers = TimerRunner(self.ctx)
 
     async def start(self) -> None:
         ctx = self.ctx
@@ -55,9 +59,12 @@ class Runtime:
         ctx.mirror.start()
         if ctx.settings.sweeps_enabled:
             self.sweeps.start()
+        if ctx.settings.timers_enabled:
+            self.timers.start()
         log.info("engine_started", timer_restorers=restored, mirror_trusted=seeded)
 
     async def stop(self) -> None:
+        await self.timers.stop()
         await self.sweeps.stop()
         await self.ctx.mirror.close()
         await self.ctx.db.close()

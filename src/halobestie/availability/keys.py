@@ -18,6 +18,7 @@ SNAPSHOT = "availability:snapshot"
 SNAPSHOT_LOCK = "availability:snapshot:lock"
 SEED_TMP = "mitras:seed-tmp:"
 SEEDED = "availability:seeded"
+EVENTS = "events:users"
 
 
 @dataclass(frozen=True)
@@ -65,3 +66,8 @@ class Keys:
     @property
     def seeded(self) -> str:
         return self.prefix + SEEDED
+
+    @property
+    def events(self) -> str:
+        """The pub/sub channel carrying user events between instances."""
+        return self.prefix + EVENTS

@@ -1,17 +1,189 @@
-"""Startup hook: restore durable session timers before the mirror is seeded.
+"""Durable timers: offer expiry, payment timeout, session expiry.
 
-Startup order is fixed (SPEC §1): restore timers -> seed Valkey -> serve. Timers that
-fell due while no instance was running fire during the restore, and every transition
-they make recomputes capacity, so the seed that follows reads settled truth. The
-sessions lifecycle registers its restorers here.
+Each timer is a row in `timers` (kind, ref_id, due_at). Whoever schedules it does so in
+the same transaction as the state it guards, so a timer exists exactly when its state
+does. Firing takes due rows with `FOR UPDATE SKIP LOCKED`, runs the kind's handler in the
+same transaction and marks the row fired: with several instances each timer fires once;
+a `kill -9` mid-fire rolls the whole thing back and the timer fires later instead.
+
+Cadence without a tight poll: the runner sleeps until the earliest due time, and a
+`pg_notify` sent when a timer is scheduled wakes every instance to recompute that
+deadline. With nothing due it still checks every `IDLE_CHECK_SECONDS` (a notification can
+be lost while a listener reconnects).
+
+Startup order is fixed (SPEC §1): restore timers -> seed Valkey -> serve. The restore
+fires whatever fell due while no instance was running, so the seed reads settled truth.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any, Literal
+from uuid import UUID
+
+import asyncpg
 
 from ..context import Context
+from ..db import UNREACHABLE
+from ..errors import DatabaseUnavailable
+from ..logs import get_logger
+
+log = get_logger(__name__)
+
+TimerKind = Literal["offer_expiry", "payment_timeout", "session_expiry"]
+CHANNEL = "halobestie_timers"
+IDLE_CHECK_SECONDS = 5.0
+RETRY_FAILED_AFTER = timedelta(seconds=5)
+BATCH = 100
+# Postgres going away aborts the batch (it rolls back and is retried whole).
+PASS_THROUGH: tuple[type[Exception], ...] = (DatabaseUnavailable, *UNREACHABLE)
+
+# What a handler returns: work to run after its transaction commits (capacity
+# recompute, events), never inside it.
+AfterCommit = Callable[[], Awaitable[None]]
+Handler = Callable[[Context, Any, UUID, datetime], Awaitable[list[AfterCommit]]]
+_handlers: dict[str, Handler] = {}
+
+
+def register_timer_handler(kind: TimerKind, handler: Handler) -> None:
+    _handlers[kind] = handler
+
+
+async def schedule_timer(conn: Any, kind: TimerKind, ref_id: UUID, due_at: datetime) -> None:
+    """Create or move the timer; call inside the transaction that creates its state."""
+    await conn.execute(
+        "INSERT INTO timers (kind, ref_id, due_at) VALUES ($1, $2, $3)"
+        " ON CONFLICT (kind, ref_id) DO UPDATE SET due_at = EXCLUDED.due_at, fired_at = NULL",
+        kind,
+        ref_id,
+        due_at,
+    )
+    # Delivered at commit: other instances recompute their next deadline.
+    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, kind)
+
+
+async def cancel_timer(conn: Any, kind: TimerKind, ref_id: UUID) -> None:
+    await conn.execute(
+        "DELETE FROM timers WHERE kind = $1 AND ref_id = $2 AND fired_at IS NULL", kind, ref_id
+    )
+
+
+DUE_SQL = """
+SELECT id, kind, ref_id FROM timers
+WHERE fired_at IS NULL AND due_at <= $1
+ORDER BY due_at LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+
+
+async def run_due_timers(ctx: Context, now: datetime) -> int:
+    """Fire every timer due at `now`; returns how many fired. Safe to run on several
+    instances at once (each row is taken by one)."""
+    fired = 0
+    while True:
+        effects: list[AfterCommit] = []
+        async with ctx.db.transaction() as conn:
+            rows = await conn.fetch(DUE_SQL, now, BATCH)
+            for row in rows:
+                handler = _handlers.get(row["kind"])
+                try:
+                    async with conn.transaction():  # a savepoint per timer
+                        if handler is not None:
+                            effects += await handler(ctx, conn, row["ref_id"], now)
+                        await conn.execute(
+                            "UPDATE timers SET fired_at = $2 WHERE id = $1", row["id"], now
+                        )
+                        fired += 1
+                except PASS_THROUGH:
+                    raise
+                except Exception:
+                    # A handler bug must not wedge the queue: retry this one later.
+                    log.exception("timer_failed", kind=row["kind"], ref_id=str(row["ref_id"]))
+                    await conn.execute(
+                        "UPDATE timers SET due_at = $2 WHERE id = $1",
+                        row["id"],
+                        now + RETRY_FAILED_AFTER,
+                    )
+        for effect in effects:
+            try:
+                await effect()
+            except Exception:
+                log.exception("timer_after_commit_failed")
+        if len(rows) < BATCH:
+            return fired
+
+
+async def next_due(ctx: Context) -> datetime | None:
+    async with ctx.db.connection() as conn:
+        due: datetime | None = await conn.fetchval(
+            "SELECT min(due_at) FROM timers WHERE fired_at IS NULL"
+        )
+    return due
+
+
+class TimerRunner:
+    """Fires timers at their due time, woken early by notifications."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._run(), name="timers"),
+            asyncio.create_task(self._listen(), name="timers-listen"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            delay = IDLE_CHECK_SECONDS
+            try:
+                await run_due_timers(self.ctx, self.ctx.clock.now())
+                due = await next_due(self.ctx)
+                if due is not None:
+                    delay = min(delay, (due - self.ctx.clock.now()).total_seconds())
+            except DatabaseUnavailable:
+                delay = 1.0
+            except Exception:
+                log.exception("timer_loop_failed")
+                delay = 1.0
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                except TimeoutError:
+                    pass
+
+    async def _listen(self) -> None:
+        """LISTEN on a dedicated connection; reconnects after Postgres outages."""
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self.ctx.settings.asyncpg_dsn, timeout=5)
+                closed = asyncio.Event()
+                conn.add_termination_listener(lambda _, done=closed: done.set())
+                await conn.add_listener(CHANNEL, lambda *_: self._wake.set())
+                self._wake.set()  # we may have missed notifications while away
+                await closed.wait()
+            except asyncio.CancelledError:
+                raise
+            except UNREACHABLE:
+                await asyncio.sleep(1.0)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    await conn.close()
+
+
+# -- startup hook ----------------------------------------------------------------------
 
 Restorer = Callable[[Context, datetime], Awaitable[None]]
 _restorers: list[Restorer] = []
@@ -20,6 +192,15 @@ _restorers: list[Restorer] = []
 def register_restorer(restorer: Restorer) -> None:
     if restorer not in _restorers:
         _restorers.append(restorer)
+
+
+async def _fire_overdue(ctx: Context, now: datetime) -> None:
+    fired = await run_due_timers(ctx, now)
+    if fired:
+        log.info("timers_restored", fired=fired)
+
+
+register_restorer(_fire_overdue)
 
 
 async def restore_timers(ctx: Context, now: datetime) -> int:

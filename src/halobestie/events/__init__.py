@@ -1,0 +1,1 @@
+"""Real-time events to users, across instances (Valkey pub/sub)."""

@@ -1,0 +1,125 @@
+"""Chat-session state changes: the one place that moves `chat_sessions.status`.
+
+Every change is checked against the allowed graph, recorded in `chat_session_events`
+(from, to, by whom, why, when) in the same transaction, and followed after commit by
+`after_session_change`: the mitra's capacity recomputed from Postgres (never INCR/DECR)
+and `session.updated` pushed to both parties.
+
+    pending_payment --paid--> active --end--> ended
+          |                      |--ends_at--> expired
+          |--end/timeout--> cancelled
+          '--reroute--> rerouted <--reroute--'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from ..availability.sync import recompute_capacity
+from ..clock import iso
+from ..context import Context
+from ..errors import InvalidState, NotFound
+
+Status = Literal["pending_payment", "active", "ended", "expired", "cancelled", "rerouted"]
+ActorRole = Literal["customer", "mitra", "admin", "system", "payment"]
+OPEN: tuple[Status, ...] = ("pending_payment", "active")
+ALLOWED: dict[str, frozenset[str]] = {
+    "pending_payment": frozenset({"active", "cancelled", "rerouted"}),
+    "active": frozenset({"ended", "expired", "rerouted"}),
+}
+
+SESSION_COLUMNS = (
+    "id, customer_id, mitra_id, status, duration_minutes, started_at, ends_at,"
+    " created_at, closed_at, pairing_request_id"
+)
+
+
+def public_session(row: Any) -> dict[str, Any]:
+    return {
+        "id": str(row["id"]),
+        "customer_id": str(row["customer_id"]),
+        "mitra_id": str(row["mitra_id"]),
+        "status": row["status"],
+        "duration_minutes": row["duration_minutes"],
+        "started_at": iso(row["started_at"]) if row["started_at"] else None,
+        "ends_at": iso(row["ends_at"]) if row["ends_at"] else None,
+    }
+
+
+async def lock_session(conn: Any, session_id: UUID) -> Any:
+    row = await conn.fetchrow(
+        f"SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE id = $1 FOR UPDATE",  # noqa: S608
+        session_id,
+    )
+    if row is None:
+        raise NotFound(f"no chat session with id {session_id}")
+    return row
+
+
+async def transition(
+    conn: Any,
+    row: Any,
+    to: Status,
+    *,
+    actor_id: UUID | None,
+    actor_role: ActorRole,
+    reason: str,
+    now: datetime,
+) -> Any:
+    """Move a session locked with `lock_session` to `to`; InvalidState if the graph does
+    not allow it. Returns the updated row."""
+    current = row["status"]
+    if to not in ALLOWED.get(current, frozenset()):
+        raise InvalidState(f"chat session {row['id']} is {current}; it cannot become {to}")
+    updated = await conn.fetchrow(
+        f"""
+        UPDATE chat_sessions SET status = $2, updated_at = $3,
+               closed_at = CASE WHEN $2 IN ('pending_payment', 'active') THEN NULL ELSE $3 END
+        WHERE id = $1 RETURNING {SESSION_COLUMNS}
+        """,  # noqa: S608
+        row["id"],
+        to,
+        now,
+    )
+    await record_event(conn, row["id"], current, to, actor_id, actor_role, reason, now)
+    return updated
+
+
+async def record_event(
+    conn: Any,
+    session_id: UUID,
+    from_status: str | None,
+    to_status: str,
+    actor_id: UUID | None,
+    actor_role: ActorRole,
+    reason: str,
+    now: datetime,
+) -> None:
+    await conn.execute(
+        "INSERT INTO chat_session_events"
+        " (session_id, from_status, to_status, actor_id, actor_role, reason, at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        session_id,
+        from_status,
+        to_status,
+        actor_id,
+        actor_role,
+        reason,
+        now,
+    )
+
+
+async def after_session_change(ctx: Context, rows: Iterable[Any]) -> None:
+    """After commit: capacity from Postgres for each mitra, then tell both parties."""
+    rows = list(rows)
+    for mitra_id in sorted({row["mitra_id"] for row in rows}):
+        await recompute_capacity(ctx, mitra_id)
+    for row in rows:
+        await ctx.events.publish(
+            [row["customer_id"], row["mitra_id"]],
+            "session.updated",
+            {"session": public_session(row)},
+        )
