@@ -34,7 +34,10 @@ from halobestie.migrate import run_migrations
 
 TEST_JWT_SECRET = "test-jwt-secret-0123456789abcdef0123456789"
 TEST_WEBHOOK_SECRET = "test-webhook-secret-0123456789"
-TABLES = "timers, payments, chat_session_events, pairing_offers, pairing_requests, chat_sessions, auth_sessions, mitras, users"
+TABLES = (
+    "timers, payments, chat_session_events, pairing_offers, pairing_requests,"
+    " chat_sessions, auth_sessions, mitras, users"
+)
 
 
 @dataclass
