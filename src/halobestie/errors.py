@@ -73,3 +73,27 @@ class ValkeyUnavailable(DomainError):
     """An admin tool that needs Valkey itself (reseed, drift) while it is unreachable."""
 
     code = "valkey_unavailable"
+
+
+class NoMitraAvailable(Conflict):
+    code = "no_mitra_available"
+
+
+class AlreadyTaken(Conflict):
+    code = "already_taken"
+
+
+class RequestClosed(Conflict):
+    code = "request_closed"
+
+
+class AtCapacity(Conflict):
+    code = "at_capacity"
+
+
+class NotOffered(Forbidden):
+    code = "not_offered"
+
+
+class InvalidSignature(AuthError):
+    code = "invalid_signature"
