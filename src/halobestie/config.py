@@ -96,6 +96,7 @@ class Settings(DatabaseSettings):
     )
     database_timeout_seconds: Seconds = Field(default=5.0, alias="DATABASE_TIMEOUT_SECONDS")
     database_pool_size: PositiveInt = Field(default=10, alias="DATABASE_POOL_SIZE")
+    valkey_mirror_enabled: bool = Field(default=True, alias="VALKEY_MIRROR_ENABLED")
     sweeps_enabled: bool = Field(default=True, alias="SWEEPS_ENABLED")
     timers_enabled: bool = Field(default=True, alias="TIMERS_ENABLED")
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")

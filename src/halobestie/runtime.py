@@ -30,6 +30,7 @@ class Runtime:
             metrics,
             operation_timeout=settings.valkey_operation_timeout_seconds,
             probe_interval=settings.valkey_probe_interval_seconds,
+            enabled=settings.valkey_mirror_enabled,
         )
         self.ctx = Context(
             settings=settings,

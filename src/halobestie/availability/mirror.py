@@ -50,10 +50,14 @@ class Mirror:
         *,
         operation_timeout: float,
         probe_interval: float,
+        enabled: bool = True,
     ) -> None:
         self.metrics = metrics
         self.probe_interval = probe_interval
-        self.reachable = True
+        # Disabled = the design before the mirror (every read and heartbeat on Postgres);
+        # kept runnable so benchmarks can measure both in one run.
+        self.enabled = enabled
+        self.reachable = enabled
         self.trusted = False
         # Bumped on every event that invalidates what a reader may have just read.
         self.generation = 0
@@ -82,7 +86,8 @@ class Mirror:
         self._seeder = seeder
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._watch(), name="valkey-mirror-watch")
+        if self.enabled:
+            self._task = asyncio.create_task(self._watch(), name="valkey-mirror-watch")
 
     async def close(self) -> None:
         if self._task is not None:
@@ -114,7 +119,8 @@ class Mirror:
     async def write(self, name: str, op: Callable[[Client], Awaitable[Any]]) -> bool:
         """Best-effort write. False (logged, counted) when Valkey could not take it."""
         if not self.reachable:
-            self.metrics.valkey_errors.labels(operation=f"{name}_skipped").inc()
+            if self.enabled:
+                self.metrics.valkey_errors.labels(operation=f"{name}_skipped").inc()
             return False
         try:
             await op(self.client)
@@ -172,6 +178,8 @@ class Mirror:
 
     async def ensure_seeded(self, reason: str) -> bool:
         """Probe and, when reachable, reseed. True when the mirror ends up trusted."""
+        if not self.enabled:
+            return False
         try:
             run_id = await self.current_run_id()
         except VALKEY_FAILURES:
