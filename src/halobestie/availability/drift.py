@@ -9,7 +9,7 @@ from typing import Any
 from ..clock import parse_iso
 from ..context import Context
 from .mirror import Client
-from .truth import Truth, locked_truth
+from .truth import MirrorState, locked_truth
 
 
 @dataclass
@@ -40,16 +40,6 @@ class Drift:
         }
 
 
-@dataclass(frozen=True)
-class Mirrored:
-    """What Valkey holds right now."""
-
-    online: set[str]
-    deactivated: set[str]
-    capacities: dict[str, int]
-    heartbeats: dict[str, str]
-
-
 async def _scan_values(
     client: Client, pattern: str, id_from: Callable[[str], str]
 ) -> dict[str, str]:
@@ -63,10 +53,10 @@ async def _scan_values(
     return values
 
 
-async def read_mirrored(ctx: Context, client: Client) -> Mirrored:
+async def read_mirrored(ctx: Context, client: Client) -> MirrorState:
     keys = ctx.keys
     capacities = await _scan_values(client, keys.capacity_pattern, keys.id_from)
-    return Mirrored(
+    return MirrorState(
         online=set(await client.smembers(keys.online)),
         deactivated=set(await client.smembers(keys.deactivated)),
         capacities={k: int(v) for k, v in capacities.items()},
@@ -81,7 +71,7 @@ async def compute_drift(ctx: Context) -> Drift:
     return compare(truth, mirrored)
 
 
-def compare(truth: Truth, mirrored: Mirrored) -> Drift:
+def compare(truth: MirrorState, mirrored: MirrorState) -> Drift:
     online, deactivated = mirrored.online, mirrored.deactivated
     capacities, heartbeats = mirrored.capacities, mirrored.heartbeats
     drift = Drift()

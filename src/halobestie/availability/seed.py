@@ -19,7 +19,7 @@ from ..context import Context
 from ..logs import get_logger
 from .drift import Drift, compare, read_mirrored
 from .mirror import Client
-from .truth import Truth, locked_truth
+from .truth import MirrorState, locked_truth
 
 log = get_logger(__name__)
 CHUNK = 1000
@@ -76,7 +76,7 @@ async def _swap_set(pipe: Any, live: str, tmp: str, members: Iterable[str]) -> N
         pipe.delete(live)
 
 
-async def _write(ctx: Context, client: Client, truth: Truth) -> SeedCounts:
+async def _write(ctx: Context, client: Client, truth: MirrorState) -> SeedCounts:
     keys = ctx.keys
     token = uuid.uuid4().hex
     async with client.pipeline(transaction=True) as pipe:

@@ -19,8 +19,9 @@ from . import locks
 
 
 @dataclass(frozen=True)
-class Truth:
-    """The mirror as Postgres says it should be."""
+class MirrorState:
+    """The four mirrored facts: as Postgres says they should be (`read_truth`) or as
+    Valkey holds them (`drift.read_mirrored`)."""
 
     online: set[str]
     deactivated: set[str]
@@ -38,7 +39,7 @@ WHERE status IN ('active', 'pending_payment') GROUP BY mitra_id
 """
 
 
-async def read_truth(conn: Any) -> Truth:
+async def read_truth(conn: Any) -> MirrorState:
     online: set[str] = set()
     deactivated: set[str] = set()
     heartbeats: dict[str, str] = {}
@@ -53,11 +54,11 @@ async def read_truth(conn: Any) -> Truth:
     # The capacity of every online mitra, 0 included, plus any mitra with open sessions.
     capacities = {mitra_id: counts.get(mitra_id, 0) for mitra_id in online}
     capacities.update(counts)
-    return Truth(online, deactivated, capacities, heartbeats)
+    return MirrorState(online, deactivated, capacities, heartbeats)
 
 
 @asynccontextmanager
-async def locked_truth(ctx: Context) -> AsyncIterator[Truth]:
+async def locked_truth(ctx: Context) -> AsyncIterator[MirrorState]:
     async with ctx.db.connection() as conn:
         await conn.execute("SELECT pg_advisory_lock($1::int, $2::int)", locks.NAMESPACE, locks.SEED)
         try:
