@@ -97,3 +97,9 @@ class NotOffered(Forbidden):
 
 class InvalidSignature(AuthError):
     code = "invalid_signature"
+
+
+class PaymentReferenceReused(Conflict):
+    """A payment reference already recorded for another chat session."""
+
+    code = "payment_reference_reused"

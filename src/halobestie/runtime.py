@@ -16,6 +16,7 @@ from .db import Database
 from .events.bus import EventBus
 from .logs import get_logger
 from .metrics import Metrics
+from .sessions import lifecycle  # noqa: F401  (timer handlers, before restore_timers)
 from .sessions.timers import TimerRunner, restore_timers
 
 log = get_logger(__name__)
@@ -44,7 +45,12 @@ class Runtime:
             metrics=metrics,
             clock=clock or SystemClock(),
             scripts=Scripts.register(mirror),
-            events=EventBus(mirror, keys),
+            events=EventBus(
+                mirror,
+                keys,
+                settings.valkey_client_url,
+                operation_timeout=max(settings.valkey_operation_timeout_seconds, 1.0),
+            ),
         )
         self.sweeps = SweepRunner(self.ctx)
         self.timers = TimerRunner(self.ctx)
@@ -58,6 +64,7 @@ class Runtime:
         if not seeded:
             log.warning("starting_degraded", detail="Valkey unreachable; serving from Postgres")
         ctx.mirror.start()
+        ctx.events.start()
         if ctx.settings.sweeps_enabled:
             self.sweeps.start()
         if ctx.settings.timers_enabled:
@@ -65,6 +72,7 @@ class Runtime:
         log.info("engine_started", timer_restorers=restored, mirror_trusted=seeded)
 
     async def stop(self) -> None:
+        await self.ctx.events.stop()
         await self.timers.stop()
         await self.sweeps.stop()
         await self.ctx.mirror.close()

@@ -9,12 +9,13 @@ from fastapi import FastAPI
 
 from ..clock import Clock
 from ..config import Settings
+from ..events import ws
 from ..logs import configure_logging
 from ..runtime import Runtime
 from . import hotpath
 from .errors import install_error_handlers
 from .limits import BodyLimitMiddleware
-from .routers import admin, auth, mitra, ops, public
+from .routers import admin, auth, mitra, ops, pairing, payments, public, sessions
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
@@ -33,9 +34,10 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     app.state.ctx = runtime.ctx
     app.state.runtime = runtime
     # Hot path first: plain Starlette routes, matched before the FastAPI ones.
-    for route in hotpath.routes:
+    for route in (*hotpath.routes, *ws.routes):
         app.router.routes.append(route)
-    for router in (auth.router, admin.router, mitra.router, public.router, ops.router):
+    routers = (auth.router, admin.router, mitra.router, public.router, ops.router, pairing.router)
+    for router in (*routers, sessions.router, payments.router):
         app.include_router(router)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware)

@@ -6,35 +6,71 @@ PUBLISHes it on one Valkey channel with its instance id; every other instance's
 subscriber delivers it to its sockets (and skips its own messages). So a Valkey outage
 degrades delivery to "same instance only" instead of nothing; events are hints, and a
 client that missed one fetches the state over REST.
+
+The subscriber holds one pub/sub connection of its own (never one of the mirror's
+pooled connections). It notices a dead server either by the connection dropping or, on
+a silent network partition, by its own PINGs going unanswered; then it reconnects with
+capped, jittered backoff. Sockets are never touched by any of this.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import random
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any, Protocol
 from uuid import UUID
 
+import valkey.asyncio as valkey_async
+
 from ..availability.keys import Keys
-from ..availability.mirror import Mirror
+from ..availability.mirror import VALKEY_FAILURES, Mirror
 from ..logs import get_logger
 
 log = get_logger(__name__)
+
+# Subscriber cadence. A PING every PING_SECONDS; no reply of any kind for
+# DEAD_AFTER_SECONDS means the link is gone (a partition never closes the socket).
+PING_SECONDS = 1.0
+DEAD_AFTER_SECONDS = 3.0
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 2.0
 
 
 class Socket(Protocol):
     async def send_text(self, data: str) -> None: ...
 
 
+class SubscriberLost(Exception):
+    """The pub/sub link stopped answering; reconnect."""
+
+
+LINK_FAILURES: tuple[type[BaseException], ...] = (*VALKEY_FAILURES, SubscriberLost)
+
+
 class EventBus:
-    def __init__(self, mirror: Mirror, keys: Keys) -> None:
+    def __init__(
+        self,
+        mirror: Mirror,
+        keys: Keys,
+        url: str | None = None,
+        *,
+        operation_timeout: float = 1.0,
+    ) -> None:
         self.mirror = mirror
         self.keys = keys
         self.instance_id = uuid.uuid4().hex
+        self._url = url
+        self._operation_timeout = operation_timeout
         self._sockets: dict[str, set[Socket]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+        # True while this instance receives other instances' events.
+        self.subscribed = False
+        self.reconnects = 0
 
     # -- local sockets -----------------------------------------------------------
 
@@ -79,3 +115,91 @@ class EventBus:
             log.exception("event_local_delivery_failed", type=type_)
         envelope = json.dumps({"origin": self.instance_id, "users": users, "event": text})
         await self.mirror.write("publish_event", lambda c: c.publish(self.keys.events, envelope))
+
+    # -- receiving other instances' events ---------------------------------------
+
+    def start(self) -> None:
+        if self._url is not None and self._task is None:
+            self._task = asyncio.create_task(self._subscribe_forever(), name="events-subscriber")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.subscribed = False
+
+    async def _subscribe_forever(self) -> None:
+        backoff = BACKOFF_FIRST
+        while True:
+            try:
+                await self._subscribe_once()
+            except asyncio.CancelledError:
+                raise
+            except LINK_FAILURES as exc:
+                if self.subscribed or backoff == BACKOFF_FIRST:
+                    log.warning("events_subscriber_lost", error=repr(exc))
+            except Exception:  # the subscriber must never die
+                log.exception("events_subscriber_failed")
+            if self.subscribed:
+                backoff = BACKOFF_FIRST  # it worked for a while: retry soon
+            self.subscribed = False
+            self.reconnects += 1
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))  # noqa: S311
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _subscribe_once(self) -> None:
+        assert self._url is not None
+        client = valkey_async.Valkey.from_url(
+            self._url,
+            decode_responses=True,
+            socket_connect_timeout=self._operation_timeout,
+            socket_timeout=None,  # reads wait for messages; liveness is our PING
+            health_check_interval=0,
+        )
+        pubsub = client.pubsub()
+        try:
+            await asyncio.wait_for(pubsub.subscribe(self.keys.events), self._operation_timeout)
+            loop = asyncio.get_running_loop()
+            heard = pinged = loop.time()
+            while True:
+                message = await pubsub.get_message(timeout=PING_SECONDS / 2)
+                now = loop.time()
+                if message is not None:
+                    heard = now
+                    await self._on_message(message)
+                if now - heard > DEAD_AFTER_SECONDS:
+                    raise SubscriberLost(f"no answer from Valkey for {now - heard:.1f}s")
+                if now - pinged >= PING_SECONDS:
+                    pinged = now
+                    await asyncio.wait_for(pubsub.ping(), self._operation_timeout)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pubsub.aclose(), self._operation_timeout)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.aclose(), self._operation_timeout)
+
+    async def _on_message(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "subscribe":
+            if not self.subscribed:
+                log.info("events_subscribed", channel=self.keys.events)
+            self.subscribed = True
+            return
+        if kind != "message":
+            return  # pong
+        try:
+            envelope = json.loads(message["data"])
+            origin, users, text = envelope["origin"], envelope["users"], envelope["event"]
+            if not (isinstance(users, list) and isinstance(text, str)):
+                raise TypeError("users must be a list and event a string")
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("event_envelope_invalid", error=repr(exc))
+            return
+        if origin == self.instance_id:
+            return  # delivered locally when published
+        try:
+            await self.deliver_local([str(u) for u in users], text)
+        except Exception:
+            log.exception("event_remote_delivery_failed")

@@ -7,9 +7,28 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from ..auth.tokens import Principal
+from ..clock import iso
 from ..context import Context
-from .timers import schedule_timer
-from .transitions import SESSION_COLUMNS, record_event
+from ..errors import InvalidState, PaymentReferenceReused
+from ..pairing.actions import open_pairing_request, run_after_commit
+from . import lifecycle  # noqa: F401  (registers the session timers' handlers)
+from .queries import is_party, not_found
+from .timers import AfterCommit, TimerKind, cancel_timer, schedule_timer
+from .transitions import (
+    SESSION_COLUMNS,
+    ActorRole,
+    Status,
+    after_session_change,
+    lock_session,
+    record_event,
+    transition,
+)
+
+SESSION_TIMERS: tuple[TimerKind, ...] = ("payment_timeout", "session_expiry")
+LOCK_TIMERS_SQL = """
+SELECT id FROM timers WHERE ref_id = $1 AND kind = ANY($2::text[]) ORDER BY id FOR UPDATE
+"""
 
 
 async def create_pending_session(
@@ -46,3 +65,157 @@ async def create_pending_session(
     due = now + timedelta(seconds=ctx.settings.payment_timeout_seconds)
     await schedule_timer(conn, "payment_timeout", row["id"], due)
     return row
+
+
+async def lock_for_change(conn: Any, session_id: UUID) -> Any:
+    """Lock the session for a change, in the order the timer runner uses (timer rows,
+    then the session; see `lifecycle`): an action and a firing timer on the same session
+    wait for each other instead of deadlocking. NotFound for an unknown id."""
+    await conn.execute(LOCK_TIMERS_SQL, session_id, list(SESSION_TIMERS))
+    return await lock_session(conn, session_id)
+
+
+async def _lock_as_party(conn: Any, session_id: UUID, principal: Principal) -> Any:
+    row = await lock_for_change(conn, session_id)
+    if not is_party(row, principal):
+        raise not_found(session_id)  # never reveal someone else's session
+    return row
+
+
+async def do_pay_session(ctx: Context, *, session_id: UUID, reference: str, now: datetime) -> Any:
+    """The payment provider says `reference` paid for `session_id`: pending_payment ->
+    active, `ends_at = now + duration`. Idempotent per reference: a replay returns the
+    session as it is now; a reference already used for another session is refused."""
+    changed = False
+    async with ctx.db.transaction() as conn:
+        # Under the session lock, so two deliveries of one reference are serialised and
+        # the second sees the first's payment row.
+        row = await lock_for_change(conn, session_id)
+        paid_for = await conn.fetchval(
+            "SELECT session_id FROM payments WHERE reference = $1", reference
+        )
+        if paid_for is not None and paid_for != session_id:
+            raise PaymentReferenceReused(
+                f"payment reference {reference!r} was already used for another chat session"
+            )
+        if paid_for is None:
+            if row["status"] != "pending_payment":
+                raise InvalidState(
+                    f"chat session {session_id} is {row['status']}; it can no longer be paid"
+                )
+            inserted = await conn.fetchval(
+                "INSERT INTO payments (reference, session_id, received_at) VALUES ($1, $2, $3)"
+                " ON CONFLICT (reference) DO NOTHING RETURNING reference",
+                reference,
+                session_id,
+                now,
+            )
+            if inserted is None:  # taken by a concurrent delivery for another session
+                raise PaymentReferenceReused(
+                    f"payment reference {reference!r} was already used for another chat session"
+                )
+            row = await transition(
+                conn, row, "active", actor_id=None, actor_role="payment",
+                reason=f"paid, reference {reference}", now=now,
+            )  # fmt: skip
+            ends_at = now + timedelta(minutes=row["duration_minutes"])
+            row = await conn.fetchrow(
+                f"UPDATE chat_sessions SET started_at = $2, ends_at = $3 WHERE id = $1"  # noqa: S608
+                f" RETURNING {SESSION_COLUMNS}",
+                session_id,
+                now,
+                ends_at,
+            )
+            await cancel_timer(conn, "payment_timeout", session_id)
+            await schedule_timer(conn, "session_expiry", session_id, ends_at)
+            changed = True
+    if changed:
+        await after_session_change(ctx, [row])
+    return row
+
+
+async def do_extend_session(
+    ctx: Context, *, session_id: UUID, principal: Principal, minutes: int, now: datetime
+) -> Any:
+    """The customer buys `minutes` more: `ends_at` moves (`duration_minutes` stays the
+    booked length) and the expiry timer with it. Only an active session not run out."""
+    async with ctx.db.transaction() as conn:
+        row = await _lock_as_party(conn, session_id, principal)
+        if row["status"] != "active":
+            raise InvalidState(
+                f"chat session {session_id} is {row['status']}; only an active session"
+                " can be extended"
+            )
+        if row["ends_at"] is None or row["ends_at"] <= now:
+            raise InvalidState(f"chat session {session_id} has run out; it cannot be extended")
+        ends_at = row["ends_at"] + timedelta(minutes=minutes)
+        row = await conn.fetchrow(
+            f"""
+            UPDATE chat_sessions SET ends_at = $2, updated_at = $3
+            WHERE id = $1 RETURNING {SESSION_COLUMNS}
+            """,  # noqa: S608
+            session_id,
+            ends_at,
+            now,
+        )
+        await record_event(
+            conn, session_id, "active", "active", principal.user_id, "customer",
+            f"extended by {minutes} minutes to {iso(ends_at)}", now,
+        )  # fmt: skip
+        await schedule_timer(conn, "session_expiry", session_id, ends_at)
+    await after_session_change(ctx, [row])
+    return row
+
+
+async def do_end_session(
+    ctx: Context, *, session_id: UUID, principal: Principal, now: datetime
+) -> Any:
+    """Either party ends it: active -> ended, pending_payment -> cancelled. A session
+    already closed is returned as it is (idempotent: retries and both parties at once)."""
+    async with ctx.db.transaction() as conn:
+        row = await _lock_as_party(conn, session_id, principal)
+        if row["status"] not in ("active", "pending_payment"):
+            return row
+        to: Status = "ended" if row["status"] == "active" else "cancelled"
+        role: ActorRole = "customer" if principal.role == "customer" else "mitra"
+        row = await transition(
+            conn, row, to, actor_id=principal.user_id, actor_role=role,
+            reason=f"ended by the {principal.role}", now=now,
+        )  # fmt: skip
+        for kind in SESSION_TIMERS:
+            await cancel_timer(conn, kind, session_id)
+    await after_session_change(ctx, [row])
+    return row
+
+
+async def do_reroute_session(
+    ctx: Context, *, session_id: UUID, principal: Principal, now: datetime
+) -> dict[str, Any]:
+    """The customer wants someone else: the session (pending_payment or active) becomes
+    `rerouted` and a new pairing request is blasted to other mitras, in one transaction.
+    When nobody else is available (NoMitraAvailable) nothing changes."""
+    async with ctx.db.transaction() as conn:
+        row = await _lock_as_party(conn, session_id, principal)
+        if row["status"] not in ("pending_payment", "active"):
+            raise InvalidState(
+                f"chat session {session_id} is {row['status']}; it cannot be rerouted"
+            )
+        row = await transition(
+            conn, row, "rerouted", actor_id=principal.user_id, actor_role="customer",
+            reason="rerouted by the customer", now=now,
+        )  # fmt: skip
+        for kind in SESSION_TIMERS:
+            await cancel_timer(conn, kind, session_id)
+        request, effects = await open_pairing_request(
+            ctx,
+            conn,
+            customer_id=row["customer_id"],
+            duration_minutes=row["duration_minutes"],
+            preferred_mitra_id=None,
+            exclude={row["mitra_id"]},
+            rerouted_from=session_id,
+            now=now,
+        )
+    changed: AfterCommit = lambda: after_session_change(ctx, [row])  # noqa: E731
+    await run_after_commit([changed, *effects])
+    return request

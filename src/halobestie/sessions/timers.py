@@ -35,6 +35,9 @@ log = get_logger(__name__)
 TimerKind = Literal["offer_expiry", "payment_timeout", "session_expiry"]
 CHANNEL = "halobestie_timers"
 IDLE_CHECK_SECONDS = 5.0
+# A due timer this instance could not take is being fired by another instance (its row
+# is locked): look again shortly instead of spinning on it.
+LOCKED_ELSEWHERE_RETRY_SECONDS = 0.1
 RETRY_FAILED_AFTER = timedelta(seconds=5)
 BATCH = 100
 # Postgres going away aborts the batch (it rolls back and is retried whole).
@@ -151,7 +154,8 @@ class TimerRunner:
                 await run_due_timers(self.ctx, self.ctx.clock.now())
                 due = await next_due(self.ctx)
                 if due is not None:
-                    delay = min(delay, (due - self.ctx.clock.now()).total_seconds())
+                    left = (due - self.ctx.clock.now()).total_seconds()
+                    delay = min(delay, left if left > 0 else LOCKED_ELSEWHERE_RETRY_SECONDS)
             except DatabaseUnavailable:
                 delay = 1.0
             except Exception:
@@ -164,23 +168,33 @@ class TimerRunner:
                     pass
 
     async def _listen(self) -> None:
-        """LISTEN on a dedicated connection; reconnects after Postgres outages."""
+        """LISTEN on a dedicated connection; reconnects after Postgres outages.
+
+        A connection that dies without a FIN/RST (a partition, a failed-over host) never
+        reports its end, so it is also probed every IDLE_CHECK_SECONDS."""
+        timeout = self.ctx.settings.database_timeout_seconds
         while True:
             conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncpg.connect(self.ctx.settings.asyncpg_dsn, timeout=5)
+                conn = await asyncpg.connect(self.ctx.settings.asyncpg_dsn, timeout=timeout)
                 closed = asyncio.Event()
                 conn.add_termination_listener(lambda _, done=closed: done.set())
                 await conn.add_listener(CHANNEL, lambda *_: self._wake.set())
                 self._wake.set()  # we may have missed notifications while away
-                await closed.wait()
+                while not closed.is_set():
+                    try:
+                        await asyncio.wait_for(closed.wait(), IDLE_CHECK_SECONDS)
+                    except TimeoutError:
+                        await conn.execute("SELECT 1", timeout=timeout)
             except asyncio.CancelledError:
                 raise
-            except UNREACHABLE:
+            except Exception as exc:  # never let the listener die: Postgres will be back
+                if not isinstance(exc, UNREACHABLE):
+                    log.warning("timer_listen_failed", error=repr(exc))
                 await asyncio.sleep(1.0)
             finally:
                 if conn is not None and not conn.is_closed():
-                    await conn.close()
+                    conn.terminate()  # close() could wait forever on a dead link
 
 
 # -- startup hook ----------------------------------------------------------------------

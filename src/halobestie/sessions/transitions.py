@@ -77,7 +77,8 @@ async def transition(
     updated = await conn.fetchrow(
         f"""
         UPDATE chat_sessions SET status = $2, updated_at = $3,
-               closed_at = CASE WHEN $2 IN ('pending_payment', 'active') THEN NULL ELSE $3 END
+               closed_at = CASE WHEN $2 IN ('pending_payment', 'active') THEN NULL
+                                ELSE $3::timestamptz END
         WHERE id = $1 RETURNING {SESSION_COLUMNS}
         """,  # noqa: S608
         row["id"],

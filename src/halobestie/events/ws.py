@@ -1,0 +1,190 @@
+"""`GET /ws?token=<access token>`: the user's live event stream.
+
+The token is checked before anything else: signature, expiry (our clock), and, when
+Postgres answers, that its login was not ended (logout, deactivation). A refused token
+gets the socket accepted and closed at once with 1008 (policy violation) and the reason
+`invalid_token: ...`, never reading a frame: browsers cannot see a refused handshake's
+status, but they can see a close code, so a client knows to refresh instead of retrying.
+
+Once open, the server sends `{"type": "ready", "data": {...}}` (from then on no event for
+this user is missed: a client that reconnects refetches state over REST after it), then
+every event for the user. The client may send `{"type": "ping"}`; the answer is
+`{"type": "pong"}`. Anything else gets an `error` event; binary or oversized frames
+close the socket (1003, 1009). The socket closes with 1008 `token_expired` when its
+access token expires: the client reconnects with a fresh one, so a revoked login keeps
+its stream at most one token lifetime.
+
+Each socket has a bounded outbox written by one task: a slow client never slows the
+event bus or other clients; one that falls too far behind is closed (1013) and refetches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import jwt
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from ..auth.queries import require_live_session
+from ..auth.tokens import Principal, decode_access_token
+from ..context import Context
+from ..errors import DatabaseUnavailable, InvalidToken
+from ..logs import get_logger
+
+log = get_logger(__name__)
+
+OUTBOX_SIZE = 256
+MAX_CLIENT_MESSAGE = 4096
+POLICY_VIOLATION = 1008
+UNSUPPORTED_DATA = 1003
+MESSAGE_TOO_BIG = 1009
+TRY_AGAIN_LATER = 1013
+
+
+class SlowConsumer(Exception):
+    """The socket's outbox is full: the client stopped reading."""
+
+
+@dataclass(frozen=True)
+class Close:
+    code: int
+    reason: str
+
+
+class Outbox:
+    """What the event bus sees of one socket: `send_text` enqueues, never blocks."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[str] = asyncio.Queue(OUTBOX_SIZE)
+        self.overflowed = asyncio.Event()
+
+    async def send_text(self, data: str) -> None:
+        self.put(data)
+
+    def put(self, data: str) -> None:
+        try:
+            self.queue.put_nowait(data)
+        except asyncio.QueueFull:
+            self.overflowed.set()
+            raise SlowConsumer("the client is not reading its events") from None
+
+
+def event(type_: str, data: dict[str, Any] | None = None) -> str:
+    return json.dumps({"type": type_, "data": data or {}})
+
+
+async def authenticate(ctx: Context, token: str | None, now: datetime) -> tuple[Principal, float]:
+    """The principal and the token's expiry (unix time); InvalidToken when refused."""
+    if not token:
+        raise InvalidToken("missing ?token=<access token>")
+    principal = decode_access_token(ctx.settings.jwt_secret, token, now)
+    # Already verified above; read `exp` for the socket's lifetime.
+    expires = float(jwt.decode(token, options={"verify_signature": False})["exp"])
+    try:
+        await require_live_session(ctx, principal)
+    except DatabaseUnavailable:
+        # Postgres down: signature and expiry still hold; revocation is re-checked by the
+        # token's expiry, which closes this socket.
+        log.warning("ws_revocation_unchecked", user_id=str(principal.user_id))
+    return principal, expires
+
+
+async def events_socket(websocket: WebSocket) -> None:
+    ctx: Context = websocket.app.state.ctx
+    now = ctx.clock.now()
+    try:
+        principal, expires = await authenticate(ctx, websocket.query_params.get("token"), now)
+    except InvalidToken as exc:
+        await websocket.accept()
+        await websocket.close(POLICY_VIOLATION, _reason(f"invalid_token: {exc.detail}"))
+        return
+    await websocket.accept()
+    outbox = Outbox()
+    # No await between these two: the client's first frame is `ready`, and every event
+    # published after it was queued reaches this socket.
+    outbox.put(event("ready", {"user_id": str(principal.user_id), "role": principal.role}))
+    ctx.events.attach(principal.user_id, outbox)
+    tasks = [
+        asyncio.create_task(_read(websocket, outbox)),
+        asyncio.create_task(_write(websocket, outbox)),
+        asyncio.create_task(_expire(expires - now.timestamp())),
+    ]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        close = next(iter(done)).result()
+    except Exception:
+        log.exception("ws_failed", user_id=str(principal.user_id))
+        close = Close(1011, "internal error")
+    finally:
+        ctx.events.detach(principal.user_id, outbox)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if close is not None and websocket.application_state == WebSocketState.CONNECTED:
+        with contextlib.suppress(Exception):  # the client may be gone already
+            await websocket.close(close.code, close.reason)
+
+
+async def _read(websocket: WebSocket, outbox: Outbox) -> Close | None:
+    """Client frames until it disconnects (None) or breaks the protocol (a Close)."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return None
+        text = message.get("text")
+        if text is None:
+            return Close(UNSUPPORTED_DATA, "text frames only")
+        if len(text) > MAX_CLIENT_MESSAGE:
+            return Close(MESSAGE_TOO_BIG, f"client messages are limited to {MAX_CLIENT_MESSAGE}")
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        try:
+            if isinstance(parsed, dict) and parsed.get("type") == "ping":
+                outbox.put(event("pong"))
+            else:
+                detail = 'the only client message is {"type": "ping"}'
+                outbox.put(event("error", {"error": "invalid_message", "detail": detail}))
+        except SlowConsumer:
+            return Close(TRY_AGAIN_LATER, "too many unread events; reconnect")
+
+
+async def _write(websocket: WebSocket, outbox: Outbox) -> Close | None:
+    """Drain the outbox to the client; ends when the client is gone or fell behind."""
+    overflow = asyncio.ensure_future(outbox.overflowed.wait())
+    get: asyncio.Future[str] | None = None
+    try:
+        while True:
+            get = asyncio.ensure_future(outbox.queue.get())
+            await asyncio.wait({get, overflow}, return_when=asyncio.FIRST_COMPLETED)
+            if overflow.done():
+                return Close(TRY_AGAIN_LATER, "too many unread events; reconnect")
+            try:
+                await websocket.send_text(get.result())
+            except (WebSocketDisconnect, OSError, RuntimeError):
+                return None
+    finally:
+        overflow.cancel()
+        if get is not None:
+            get.cancel()
+
+
+async def _expire(seconds: float) -> Close:
+    await asyncio.sleep(max(seconds, 0.0))
+    return Close(POLICY_VIOLATION, "token_expired: reconnect with a fresh access token")
+
+
+def _reason(text: str) -> str:
+    """Close reasons are limited to 123 bytes (RFC 6455)."""
+    encoded = text.encode()[:123]
+    return encoded.decode(errors="ignore")
+
+
+routes = [WebSocketRoute("/ws", events_socket)]

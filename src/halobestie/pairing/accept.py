@@ -1,0 +1,102 @@
+"""A mitra accepts an offer: the first accept wins, exactly once.
+
+One transaction: the request row is locked (FOR UPDATE), so concurrent accepts of one
+request queue on it and each sees what the one before did; the mitra's row is locked
+too, so two accepts of different requests by one mitra cannot both pass the capacity
+check. The winner's session is created in `pending_payment` with its payment timer, the
+request becomes `matched` and its expiry timer is cancelled; capacity and events follow
+after the commit.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from ..context import Context
+from ..errors import AlreadyTaken, AtCapacity, NotFound, NotOffered, RequestClosed
+from ..sessions import actions as session_actions
+from ..sessions.timers import AfterCommit, cancel_timer
+from ..sessions.transitions import OPEN, SESSION_COLUMNS, after_session_change
+from .actions import publish, run_after_commit
+from .queries import lock_request, offered_mitras
+
+CAPACITY_SQL = """
+SELECT count(*) FROM chat_sessions WHERE mitra_id = $1 AND status = ANY($2::text[])
+"""
+
+
+async def _previous_win(conn: Any, request: Any, mitra_id: UUID) -> Any | None:
+    """The session this mitra already won for this request (an accept retried after a
+    lost response), or None when another mitra won it."""
+    if request["session_id"] is None:
+        return None
+    return await conn.fetchrow(
+        f"SELECT {SESSION_COLUMNS} FROM chat_sessions"  # noqa: S608
+        " WHERE id = $1 AND mitra_id = $2",
+        request["session_id"],
+        mitra_id,
+    )
+
+
+async def _lock_capacity(ctx: Context, conn: Any, mitra_id: UUID) -> None:
+    locked = await conn.fetchval("SELECT id FROM mitras WHERE id = $1 FOR NO KEY UPDATE", mitra_id)
+    if locked is None:
+        raise NotFound(f"no mitra with id {mitra_id}")
+    open_sessions = await conn.fetchval(CAPACITY_SQL, mitra_id, list(OPEN))
+    limit = ctx.settings.mitra_max_concurrent_sessions
+    if open_sessions >= limit:
+        raise AtCapacity(
+            f"mitra {mitra_id} already has {open_sessions} open session(s) (limit {limit})"
+        )
+
+
+async def do_accept_pairing_request(
+    ctx: Context, *, mitra_id: UUID, request_id: UUID, now: datetime
+) -> Any:
+    """The new chat session row (or, for a retried winning accept, the one it won).
+    NotOffered, RequestClosed (expired, cancelled or past its expiry), AlreadyTaken,
+    AtCapacity otherwise."""
+    effects: list[AfterCommit] = []
+    async with ctx.db.transaction() as conn:
+        request = await lock_request(conn, request_id)
+        mitras = await offered_mitras(conn, request_id)
+        if mitra_id not in mitras:
+            raise NotOffered(f"pairing request {request_id} was not offered to mitra {mitra_id}")
+        status = request["status"]
+        if status == "matched":
+            won = await _previous_win(conn, request, mitra_id)
+            if won is not None:
+                return won
+            raise AlreadyTaken(f"pairing request {request_id} was taken by another mitra")
+        if status != "searching" or request["expires_at"] <= now:
+            closed = status if status != "searching" else "expired"
+            raise RequestClosed(f"pairing request {request_id} is {closed}")
+        await _lock_capacity(ctx, conn, mitra_id)
+        session = await session_actions.create_pending_session(
+            ctx,
+            conn,
+            customer_id=request["customer_id"],
+            mitra_id=mitra_id,
+            duration_minutes=request["duration_minutes"],
+            pairing_request_id=request_id,
+            actor_id=mitra_id,
+            now=now,
+        )
+        await conn.execute(
+            "UPDATE pairing_requests SET status = 'matched', session_id = $2, closed_at = $3"
+            " WHERE id = $1",
+            request_id,
+            session["id"],
+            now,
+        )
+        await cancel_timer(conn, "offer_expiry", request_id)
+        others = [m for m in mitras if m != mitra_id]
+        effects.append(publish(ctx, others, "pairing.taken", {"request_id": str(request_id)}))
+
+    async def capacity_and_session_event() -> None:
+        await after_session_change(ctx, [session])
+
+    await run_after_commit([capacity_and_session_event, *effects])
+    return session

@@ -1,0 +1,261 @@
+"""Writes of the pairing blast: open, cancel, expire. (Accept is in `accept.py`, which
+needs `sessions.actions`; this module must not, because the sessions' reroute calls
+`open_pairing_request` from here.)
+
+Every write runs in one transaction and returns its side effects (events) as callables
+run after the commit, never inside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from ..availability.queries import find_pool
+from ..clock import iso
+from ..context import Context
+from ..errors import InvalidState, NoMitraAvailable, NotFound
+from ..logs import get_logger
+from ..sessions.timers import AfterCommit, cancel_timer, register_timer_handler, schedule_timer
+from .queries import (
+    REQUEST_COLUMNS,
+    last_active,
+    lock_request,
+    offered_mitras,
+    public_pairing_request,
+)
+from .ranking import Contender, rank
+
+log = get_logger(__name__)
+
+ONE_SEARCHING_INDEX = "pairing_requests_one_searching_idx"
+
+
+# -- after commit --------------------------------------------------------------------
+
+
+def publish(ctx: Context, users: Iterable[UUID], type_: str, data: dict[str, Any]) -> AfterCommit:
+    recipients = list(users)
+
+    async def effect() -> None:
+        await ctx.events.publish(recipients, type_, data)
+
+    return effect
+
+
+async def run_after_commit(effects: Iterable[AfterCommit]) -> None:
+    """The commit is done: a failing side effect is logged, never turned into an error
+    for a write that happened (capacity heals with the next transition or reseed;
+    events are hints a client re-fetches over REST)."""
+    for effect in effects:
+        try:
+            await effect()
+        except Exception:
+            log.exception("pairing_after_commit_failed")
+
+
+# -- open ----------------------------------------------------------------------------
+
+
+async def _choose(
+    ctx: Context,
+    conn: Any,
+    *,
+    preferred_mitra_id: UUID | None,
+    exclude: set[UUID],
+    now: datetime,
+) -> list[str]:
+    """The mitras to offer, in offer order; NoMitraAvailable when there are none."""
+    excluded = {str(m) for m in exclude}
+    pool = await find_pool(ctx, now)
+    loads = {c.id: c.capacity for c in pool.available if c.id not in excluded}
+    if preferred_mitra_id is not None:
+        wanted = str(preferred_mitra_id)
+        if wanted in loads and wanted in await last_active(conn, [wanted]):
+            return [wanted]
+        if await conn.fetchval("SELECT 1 FROM mitras WHERE id = $1", preferred_mitra_id) is None:
+            raise NotFound(f"no mitra with id {preferred_mitra_id}")
+        raise NoMitraAvailable(f"mitra {preferred_mitra_id} is not available right now")
+    if loads:
+        active = await last_active(conn, sorted(loads))
+        contenders = [Contender(m, loads[m], when) for m, when in active.items()]
+        chosen = rank(contenders, ctx.settings.pairing_fanout)
+        if chosen:
+            return chosen
+    raise NoMitraAvailable("no mitra is available right now; try again shortly")
+
+
+async def _expire_locked(conn: Any, request_id: UUID, now: datetime) -> Any:
+    """searching -> expired (no-op otherwise); returns the row when it changed."""
+    return await conn.fetchrow(
+        "UPDATE pairing_requests SET status = 'expired', closed_at = $2"
+        " WHERE id = $1 AND status = 'searching' RETURNING customer_id",
+        request_id,
+        now,
+    )
+
+
+async def _expired_effects(
+    ctx: Context, conn: Any, request_id: UUID, customer_id: UUID, reason: str
+) -> list[AfterCommit]:
+    mitras = await offered_mitras(conn, request_id)
+    data = {"request_id": str(request_id), "reason": reason}
+    return [publish(ctx, [customer_id, *mitras], "pairing.expired", data)]
+
+
+async def _settle_previous_search(
+    ctx: Context, conn: Any, customer_id: UUID, now: datetime
+) -> list[AfterCommit]:
+    """One search per customer: a live one is a conflict; one past its expiry whose
+    timer has not fired yet is expired here and now, so it does not block."""
+    row = await conn.fetchrow(
+        "SELECT id, expires_at FROM pairing_requests"
+        " WHERE customer_id = $1 AND status = 'searching' FOR UPDATE",
+        customer_id,
+    )
+    if row is None:
+        return []
+    if row["expires_at"] > now:
+        raise InvalidState(
+            f"customer {customer_id} already has a searching pairing request {row['id']};"
+            " cancel it or wait for it to expire"
+        )
+    await _expire_locked(conn, row["id"], now)
+    await cancel_timer(conn, "offer_expiry", row["id"])
+    return await _expired_effects(ctx, conn, row["id"], customer_id, "timeout")
+
+
+async def open_pairing_request(
+    ctx: Context,
+    conn: Any,
+    *,
+    customer_id: UUID,
+    duration_minutes: int,
+    preferred_mitra_id: UUID | None,
+    exclude: set[UUID],
+    rerouted_from: UUID | None,
+    now: datetime,
+) -> tuple[dict[str, Any], list[AfterCommit]]:
+    """Inside the caller's transaction: the request, its offers and its expiry timer.
+    Returns the public request and the after-commit effects (the `pairing.offer`
+    events). Raises NoMitraAvailable (nobody, or the preferred mitra is not available),
+    NotFound (unknown preferred mitra), InvalidState (a search already open)."""
+    effects = await _settle_previous_search(ctx, conn, customer_id, now)
+    chosen = await _choose(
+        ctx, conn, preferred_mitra_id=preferred_mitra_id, exclude=exclude, now=now
+    )
+    expires_at = now + timedelta(seconds=ctx.settings.pairing_offer_ttl_seconds)
+    try:
+        async with conn.transaction():  # a savepoint: the violation below is ours to explain
+            row = await conn.fetchrow(
+                f"""
+                INSERT INTO pairing_requests (customer_id, duration_minutes,
+                    preferred_mitra_id, status, rerouted_from, expires_at, created_at)
+                VALUES ($1, $2, $3, 'searching', $4, $5, $6)
+                RETURNING {REQUEST_COLUMNS}
+                """,  # noqa: S608
+                customer_id,
+                duration_minutes,
+                preferred_mitra_id,
+                rerouted_from,
+                expires_at,
+                now,
+            )
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name != ONE_SEARCHING_INDEX:
+            raise
+        raise InvalidState(
+            f"customer {customer_id} already has a searching pairing request"
+        ) from None
+    await conn.execute(
+        "INSERT INTO pairing_offers (request_id, mitra_id, created_at)"
+        " SELECT $1, unnest($2::uuid[]), $3",
+        row["id"],
+        chosen,
+        now,
+    )
+    await schedule_timer(conn, "offer_expiry", row["id"], expires_at)
+    offer = {
+        "request_id": str(row["id"]),
+        "duration_minutes": duration_minutes,
+        "expires_at": iso(expires_at),
+    }
+    effects.append(publish(ctx, [UUID(m) for m in chosen], "pairing.offer", offer))
+    return public_pairing_request(row, chosen), effects
+
+
+async def do_open_pairing_request(
+    ctx: Context,
+    *,
+    customer_id: UUID,
+    duration_minutes: int,
+    preferred_mitra_id: UUID | None,
+    now: datetime,
+) -> dict[str, Any]:
+    async with ctx.db.transaction() as conn:
+        public, effects = await open_pairing_request(
+            ctx,
+            conn,
+            customer_id=customer_id,
+            duration_minutes=duration_minutes,
+            preferred_mitra_id=preferred_mitra_id,
+            exclude=set(),
+            rerouted_from=None,
+            now=now,
+        )
+    await run_after_commit(effects)
+    return public
+
+
+# -- cancel --------------------------------------------------------------------------
+
+
+async def do_cancel_pairing_request(
+    ctx: Context, *, customer_id: UUID, request_id: UUID, now: datetime
+) -> dict[str, Any]:
+    """searching -> cancelled; cancelling a cancelled request returns it unchanged;
+    InvalidState once matched or expired."""
+    effects: list[AfterCommit] = []
+    async with ctx.db.transaction() as conn:
+        row = await lock_request(conn, request_id)
+        if row["customer_id"] != customer_id:
+            raise NotFound(f"no pairing request with id {request_id}")
+        mitras = await offered_mitras(conn, request_id)
+        if row["status"] in ("matched", "expired"):
+            raise InvalidState(
+                f"pairing request {request_id} is {row['status']}; it cannot be cancelled"
+            )
+        if row["status"] == "searching":
+            row = await conn.fetchrow(
+                "UPDATE pairing_requests SET status = 'cancelled', closed_at = $2"  # noqa: S608
+                f" WHERE id = $1 RETURNING {REQUEST_COLUMNS}",
+                request_id,
+                now,
+            )
+            await cancel_timer(conn, "offer_expiry", request_id)
+            data = {"request_id": str(request_id), "reason": "cancelled"}
+            effects.append(publish(ctx, [customer_id, *mitras], "pairing.expired", data))
+    await run_after_commit(effects)
+    return public_pairing_request(row, mitras)
+
+
+# -- expiry (durable timer) ----------------------------------------------------------
+
+
+async def expire_offer(
+    ctx: Context, conn: Any, request_id: UUID, now: datetime
+) -> list[AfterCommit]:
+    """The `offer_expiry` timer: searching -> expired inside the firing transaction.
+    A request matched or cancelled meanwhile is left alone (its timer was cancelled
+    too; this guards a race with that)."""
+    row = await _expire_locked(conn, request_id, now)
+    if row is None:
+        return []
+    return await _expired_effects(ctx, conn, request_id, row["customer_id"], "timeout")
+
+
+register_timer_handler("offer_expiry", expire_offer)

@@ -1,0 +1,76 @@
+"""The session timers' handlers: payment timeout and session expiry.
+
+Registered with the timer engine when this module is imported (`runtime.py` imports it,
+so the handlers exist before startup restores overdue timers). Each runs inside the
+firing transaction, which already holds the timer row; it locks the session and is a
+no-op when the session has moved on (paid, ended, rerouted, extended). Capacity and
+events follow after commit through `after_session_change`.
+
+Lock order, shared with `actions.lock_for_change`: the session's timer rows, then the
+session row. The runner takes timer rows with SKIP LOCKED and never waits for them, so a
+handler waiting for a session can never deadlock with an action on that session.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from ..context import Context
+from .timers import AfterCommit, cancel_timer, register_timer_handler, schedule_timer
+from .transitions import SESSION_COLUMNS, after_session_change, transition
+
+
+async def _lock_if_exists(conn: Any, session_id: UUID) -> Any:
+    return await conn.fetchrow(
+        f"SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE id = $1 FOR UPDATE",  # noqa: S608
+        session_id,
+    )
+
+
+def after_commit(ctx: Context, row: Any) -> AfterCommit:
+    async def effect() -> None:
+        await after_session_change(ctx, [row])
+
+    return effect
+
+
+async def on_payment_timeout(
+    ctx: Context, conn: Any, session_id: UUID, now: datetime
+) -> list[AfterCommit]:
+    """Unpaid after PAYMENT_TIMEOUT_SECONDS: pending_payment -> cancelled."""
+    row = await _lock_if_exists(conn, session_id)
+    if row is None or row["status"] != "pending_payment":
+        return []
+    row = await transition(
+        conn, row, "cancelled", actor_id=None, actor_role="system", reason="payment timeout",
+        now=now,
+    )  # fmt: skip
+    return [after_commit(ctx, row)]
+
+
+async def on_session_expiry(
+    ctx: Context, conn: Any, session_id: UUID, now: datetime
+) -> list[AfterCommit]:
+    """`ends_at` reached: active -> expired. If `ends_at` lies later than this timer (an
+    extension that did not move the timer), re-arm at `ends_at` instead."""
+    row = await _lock_if_exists(conn, session_id)
+    if row is None or row["status"] != "active":
+        return []
+    ends_at = row["ends_at"]
+    if ends_at is not None and ends_at > now:
+        # Delete the firing row (the runner's "mark fired" then touches nothing) and
+        # schedule a fresh one: re-arming the same row would be marked fired right away.
+        await cancel_timer(conn, "session_expiry", session_id)
+        await schedule_timer(conn, "session_expiry", session_id, ends_at)
+        return []
+    row = await transition(
+        conn, row, "expired", actor_id=None, actor_role="system", reason="ends_at reached",
+        now=now,
+    )  # fmt: skip
+    return [after_commit(ctx, row)]
+
+
+register_timer_handler("payment_timeout", on_payment_timeout)
+register_timer_handler("session_expiry", on_session_expiry)
