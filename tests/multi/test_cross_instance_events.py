@@ -14,8 +14,8 @@ from websockets.asyncio.client import ClientConnection
 from tests.conftest import Servers, eventually
 from tests.events.live import Live, LiveFactory, next_event, next_event_of, nothing_pending
 from tests.events.live import open_socket as socket_on
-from tests.failures.helpers import valkey_proxy_fixture, valkey_url_via
 from tests.factories import make_user
+from tests.failures.helpers import valkey_proxy_fixture, valkey_url_via
 from tests.support.proxy import FaultProxy
 
 __all__ = ["valkey_proxy_fixture"]
@@ -73,9 +73,7 @@ async def test_pairing_offer_and_accept_reach_users_connected_to_the_other_insta
         offer = await next_event_of(mitra_ws, "pairing.offer")
         assert offer["data"]["request_id"] == request_id
 
-        r = await b.client.post(
-            f"/api/pairing/requests/{request_id}/accept", headers=mitra.headers
-        )
+        r = await b.client.post(f"/api/pairing/requests/{request_id}/accept", headers=mitra.headers)
         assert r.status_code == 200, r.text
         session = r.json()["session"]
         update = await next_event_of(cust_ws, "session.updated")

@@ -56,6 +56,11 @@ async def fire_log(pg: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
         )
 
 
+async def sleep_until(when: datetime) -> None:
+    """Wall-clock wait for a due time the test itself chose (not a production cadence)."""
+    await asyncio.sleep(max((when - datetime.now(UTC)).total_seconds(), 0.0))
+
+
 async def fires_per_timer(pg: asyncpg.Connection, ids: list[UUID]) -> dict[UUID, int]:
     rows = await pg.fetch(
         "SELECT t.ref_id, count(f.timer_id) AS n FROM timers t"
@@ -109,9 +114,7 @@ async def test_timers_pending_at_a_kill_9_fire_once_when_the_next_process_starts
         await doomed.proc.wait()
     assert not any(row["fired_at"] for row in await timer_rows(pg, ids)), "fired before kill"
 
-    # Nobody runs while they fall due.
-    while datetime.now(UTC) < due + timedelta(seconds=0.5):
-        await asyncio.sleep(0.1)
+    await sleep_until(due + timedelta(seconds=0.5))  # nobody runs while they fall due
     assert await statuses(pg, ids) == {"pending_payment"}
 
     async with serve_process(clean, tmp_path, "successor") as successor:
@@ -152,8 +155,7 @@ async def test_timer_runner_recovers_by_itself_after_a_postgres_outage(
             return not (await listening_backends(pg)) & before
 
         await eventually(old_listener_gone, within=15)
-        while datetime.now(UTC) < due + timedelta(seconds=1):  # due during the outage
-            await asyncio.sleep(0.1)
+        await sleep_until(due + timedelta(seconds=1))  # they fall due during the outage
         assert await statuses(pg, ids) == {"pending_payment"}
 
         await postgres_proxy.restore()
@@ -165,3 +167,28 @@ async def test_timer_runner_recovers_by_itself_after_a_postgres_outage(
     finally:
         await postgres_proxy.restore()
         await runtime.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_timer_runner_stops_even_when_a_wake_up_races_the_stop(
+    clean: Servers,
+) -> None:
+    """On 3.11, asyncio.wait_for returns the result instead of raising when a cancel and
+    the awaited event land together; a runner relying on the cancel alone then loops on
+    and shutdown hangs. Here the wake-up (what a NOTIFY does) lands right before stop()."""
+    settings = settings_for(
+        DATABASE_URL=clean.database_url, VALKEY_URL=clean.valkey_url, TIMERS_ENABLED=True
+    )
+    runtime = Runtime(settings, SystemClock())
+    await runtime.start()
+    try:
+        for _ in range(5):
+            runner = runtime.timers
+            await asyncio.sleep(0.2)  # idle, waiting for its next due time
+            runner._wake.set()
+            await asyncio.sleep(0)  # the waiter is released, the runner not yet resumed
+            await asyncio.sleep(0)
+            await runner.stop()  # awaited directly: it cancels before anything else runs
+            runner.start()
+    finally:
+        await asyncio.wait_for(runtime.stop(), 30)

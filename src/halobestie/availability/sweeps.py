@@ -146,8 +146,12 @@ class SweepRunner:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self._tasks: list[asyncio.Task[None]] = []
+        # Set by stop() before cancelling: on 3.11 a cancel can be swallowed by an
+        # asyncio.wait_for inside asyncpg mid-sweep, and the loop would sleep on forever.
+        self._stopped = asyncio.Event()
 
     def start(self) -> None:
+        self._stopped.clear()
         s = self.ctx.settings
         for name, every, sweep in (
             ("auto_offline", s.mitra_auto_offline_sweep_seconds, run_auto_offline),
@@ -157,6 +161,7 @@ class SweepRunner:
             self._tasks.append(asyncio.create_task(self._loop(name, every, sweep), name=name))
 
     async def stop(self) -> None:
+        self._stopped.set()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -166,7 +171,12 @@ class SweepRunner:
         self, name: str, every: float, sweep: Callable[[Context, datetime], Awaitable[object]]
     ) -> None:
         while True:
-            await asyncio.sleep(every)
+            try:
+                async with asyncio.timeout(every):
+                    await self._stopped.wait()
+                return
+            except TimeoutError:
+                pass
             started = time.perf_counter()
             try:
                 await sweep(self.ctx, self.ctx.clock.now())

@@ -68,6 +68,9 @@ class EventBus:
         self._operation_timeout = operation_timeout
         self._sockets: dict[str, set[Socket]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
+        # Checked as well as cancelling: on 3.11 a cancel can be swallowed by a library's
+        # asyncio.wait_for, and stop() must not wait forever for it.
+        self._stopping = False
         # True while this instance receives other instances' events.
         self.subscribed = False
         self.reconnects = 0
@@ -120,10 +123,12 @@ class EventBus:
 
     def start(self) -> None:
         if self._url is not None and self._task is None:
+            self._stopping = False
             self._task = asyncio.create_task(self._subscribe_forever(), name="events-subscriber")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
+        self._stopping = True
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -132,7 +137,7 @@ class EventBus:
 
     async def _subscribe_forever(self) -> None:
         backoff = BACKOFF_FIRST
-        while True:
+        while not self._stopping:
             try:
                 await self._subscribe_once()
             except asyncio.CancelledError:
@@ -160,10 +165,13 @@ class EventBus:
         )
         pubsub = client.pubsub()
         try:
-            await asyncio.wait_for(pubsub.subscribe(self.keys.events), self._operation_timeout)
+            # asyncio.timeout throughout, never wait_for: on 3.11 wait_for can swallow
+            # stop()'s cancel when the operation completes at that instant.
+            async with asyncio.timeout(self._operation_timeout):
+                await pubsub.subscribe(self.keys.events)
             loop = asyncio.get_running_loop()
             heard = pinged = loop.time()
-            while True:
+            while not self._stopping:
                 message = await pubsub.get_message(timeout=PING_SECONDS / 2)
                 now = loop.time()
                 if message is not None:
@@ -173,12 +181,13 @@ class EventBus:
                     raise SubscriberLost(f"no answer from Valkey for {now - heard:.1f}s")
                 if now - pinged >= PING_SECONDS:
                     pinged = now
-                    await asyncio.wait_for(pubsub.ping(), self._operation_timeout)
+                    async with asyncio.timeout(self._operation_timeout):
+                        await pubsub.ping()
         finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(pubsub.aclose(), self._operation_timeout)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.aclose(), self._operation_timeout)
+            for closing in (pubsub.aclose, client.aclose):
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(self._operation_timeout):
+                        await closing()
 
     async def _on_message(self, message: dict[str, Any]) -> None:
         kind = message.get("type")

@@ -133,37 +133,52 @@ class TimerRunner:
         self.ctx = ctx
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # Checked by the loops as well as cancelling them: on 3.11, asyncio.wait_for
+        # (used inside asyncpg) can swallow a cancel, and stop() would wait forever.
+        self._stopping = False
+        self._listen_closed = asyncio.Event()
 
     def start(self) -> None:
+        self._stopping = False
         self._tasks = [
             asyncio.create_task(self._run(), name="timers"),
             asyncio.create_task(self._listen(), name="timers-listen"),
         ]
 
     async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._listen_closed.set()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             self._wake.clear()
             delay = IDLE_CHECK_SECONDS
             try:
-                await run_due_timers(self.ctx, self.ctx.clock.now())
+                now = self.ctx.clock.now()
+                await run_due_timers(self.ctx, now)
                 due = await next_due(self.ctx)
-                if due is not None:
-                    left = (due - self.ctx.clock.now()).total_seconds()
-                    delay = min(delay, left if left > 0 else LOCKED_ELSEWHERE_RETRY_SECONDS)
+                if due is not None and due <= now:
+                    # Due by the time we looked, yet not taken: locked by another
+                    # instance firing it. Not a tight loop meanwhile.
+                    delay = LOCKED_ELSEWHERE_RETRY_SECONDS
+                elif due is not None:
+                    delay = min(delay, (due - self.ctx.clock.now()).total_seconds())
             except DatabaseUnavailable:
                 delay = 1.0
             except Exception:
                 log.exception("timer_loop_failed")
                 delay = 1.0
             if delay > 0:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
+                # lands as the wake-up fires, and stop() would then wait forever.
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
                 except TimeoutError:
                     pass
 
@@ -173,17 +188,20 @@ class TimerRunner:
         A connection that dies without a FIN/RST (a partition, a failed-over host) never
         reports its end, so it is also probed every IDLE_CHECK_SECONDS."""
         timeout = self.ctx.settings.database_timeout_seconds
-        while True:
+        while not self._stopping:
             conn: asyncpg.Connection | None = None
             try:
                 conn = await asyncpg.connect(self.ctx.settings.asyncpg_dsn, timeout=timeout)
-                closed = asyncio.Event()
+                self._listen_closed = closed = asyncio.Event()
+                if self._stopping:
+                    break
                 conn.add_termination_listener(lambda _, done=closed: done.set())
                 await conn.add_listener(CHANNEL, lambda *_: self._wake.set())
                 self._wake.set()  # we may have missed notifications while away
                 while not closed.is_set():
                     try:
-                        await asyncio.wait_for(closed.wait(), IDLE_CHECK_SECONDS)
+                        async with asyncio.timeout(IDLE_CHECK_SECONDS):
+                            await closed.wait()
                     except TimeoutError:
                         await conn.execute("SELECT 1", timeout=timeout)
             except asyncio.CancelledError:
