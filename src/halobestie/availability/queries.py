@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from ..clock import parse_iso
@@ -18,9 +18,10 @@ from ..errors import DatabaseUnavailable, MirrorUnavailable, NotFound
 from .mirror import Client
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A reachable mitra (online, active, fresh heartbeat) and its load."""
+class Candidate(NamedTuple):
+    """A reachable mitra (online, active, fresh heartbeat) and its load. A NamedTuple, not
+    a frozen dataclass: find-available builds one per online mitra, and a frozen
+    dataclass costs twice as much to create."""
 
     id: str
     capacity: int
@@ -55,7 +56,14 @@ def _cutoff(ctx: Context, now: datetime) -> datetime:
 
 async def _pool_from_valkey(ctx: Context, client: Client, now: datetime) -> list[Candidate]:
     keys = ctx.keys
-    ids = sorted(await client.sdiff(keys.online, keys.deactivated))
+    # online - deactivated, from one consistent instant (MULTI), computed here: SDIFF
+    # builds its answer as a new set inside Valkey, which measured 5 ms of server time at
+    # 10k online (SMEMBERS: 0.3 ms) and blocks every other client meanwhile.
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.smembers(keys.online)
+        pipe.smembers(keys.deactivated)
+        online, deactivated = await pipe.execute()
+    ids = sorted(set(online).difference(deactivated))
     if not ids:
         return []
     async with client.pipeline(transaction=False) as pipe:

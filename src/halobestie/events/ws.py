@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import jwt
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -84,8 +83,7 @@ async def authenticate(ctx: Context, token: str | None, now: datetime) -> tuple[
     if not token:
         raise InvalidToken("missing ?token=<access token>")
     principal = decode_access_token(ctx.settings.jwt_secret, token, now)
-    # Already verified above; read `exp` for the socket's lifetime.
-    expires = float(jwt.decode(token, options={"verify_signature": False})["exp"])
+    expires = float(principal.expires_at)
     try:
         await require_live_session(ctx, principal)
     except DatabaseUnavailable:

@@ -1,0 +1,211 @@
+"""Before/after for an engine change: the same measurements against two source trees,
+side by side in one run (interleaved trials), on one set of servers and data.
+
+    .venv/bin/python -m benchmarks.ab --base-src /path/to/other/src [--quick]
+
+`--base-src` is the `src` folder of the other tree (e.g. `git worktree add /tmp/base
+HEAD` then `/tmp/base/src`); this checkout's `src` is "new". Measures the heartbeat over
+HTTP (Valkey path and Postgres-only path of each tree, plus the bare-Starlette floor) and
+find-available / the beacon computed from Valkey in-process, at --online mitras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    __package__ = "benchmarks"
+
+import asyncpg
+
+from halobestie.migrate import run_migrations
+
+from . import dataset, inproc, loadgen
+from .infra import BENCH_JWT_SECRET, REPO, Procs, app_env, start_servers
+
+
+async def worker(database_url: str, valkey_url: str, iterations: int) -> dict[str, Any]:
+    """Runs inside the tree under test (PYTHONPATH): find-available and beacon, timed."""
+    h = inproc.Harness(database_url, valkey_url, "bench-ab-worker")
+    await h.open()
+    try:
+        fa = await inproc.find_available(h, iterations)
+        bc = await inproc.beacon_paths(h, iterations)
+    finally:
+        await h.close()
+    import halobestie
+
+    return {
+        "tree": str(Path(halobestie.__file__).parent),
+        "find_available_valkey_ms": fa["valkey"]["median_ms"],
+        "find_available_postgres_ms": fa["postgres"]["median_ms"],
+        "beacon_from_valkey_ms": bc["valkey"]["median_ms"],
+        "available": fa["available"],
+    }
+
+
+def run_worker(src: Path, database_url: str, valkey_url: str, iterations: int) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    done = subprocess.run(  # noqa: S603
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.ab",
+            "--worker",
+            database_url,
+            valkey_url,
+            str(iterations),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("AB_JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"worker failed: {done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+    return dict(json.loads(line[len("AB_JSON ") :]))
+
+
+async def main(base_src: Path, online: int, trials: int, seconds: float) -> dict[str, Any]:
+    wrk = loadgen.ensure_wrk(print)
+    if wrk is None:
+        raise SystemExit("benchmarks.ab needs wrk")
+    out: dict[str, Any] = {
+        "base_src": str(base_src),
+        "new_src": str(REPO / "src"),
+        "online": online,
+    }
+    with tempfile.TemporaryDirectory(prefix="halobestie-ab-") as tmp_name:
+        tmp = Path(tmp_name)
+        servers = start_servers(tmp)
+        procs = Procs(tmp)
+        try:
+            url = servers.database_url
+            await asyncio.to_thread(run_migrations, url)
+            conn = await asyncpg.connect(url)
+            await dataset.wipe(conn)
+            await dataset.grow_to(conn, online, inproc.now())
+            h = inproc.Harness(url, servers.valkey_url, "bench-ab")
+            await h.open()  # seeds the mirror
+            await h.close()
+            tokens = await dataset.tokens(conn, "mitra", BENCH_JWT_SECRET, inproc.now(), limit=1000)
+            await conn.close()
+            tokens_file = dataset.write_tokens_file(tmp / "tokens.txt", tokens)
+
+            def engine(name: str, src: Path, mirror: bool) -> Any:
+                env = app_env(servers, mirror=mirror, app_name=f"bench-ab-{name}")
+                env["PYTHONPATH"] = str(src)
+                return procs.engine(name, env)
+
+            new_src = REPO / "src"
+            targets = {
+                "floor": procs.floor(servers).base + "/heartbeat",
+                "base_valkey": engine("base-valkey", base_src, True).base,
+                "new_valkey": engine("new-valkey", new_src, True).base,
+                "base_postgres": engine("base-postgres", base_src, False).base,
+                "new_postgres": engine("new-postgres", new_src, False).base,
+            }
+            hb = "/api/mitra/status/heartbeat"
+            results: dict[str, list[dict[str, Any]]] = {k: [] for k in targets}
+            names = list(targets)
+            for trial in range(trials):
+                order = names[trial % len(names) :] + names[: trial % len(names)]
+                for name in order:
+                    target = targets[name] if name == "floor" else targets[name] + hb
+                    r = loadgen.run_wrk(
+                        wrk,
+                        target,
+                        method="POST",
+                        duration=seconds,
+                        connections=50,
+                        tokens_file=tokens_file,
+                    ).as_dict()
+                    r["trial"] = trial
+                    results[name].append(r)
+                    print(
+                        f"  {name:<14} trial {trial + 1}: {r['rps']:8.0f} req/s"
+                        f" p99 {r['p99_ms']:.1f} ms",
+                        flush=True,
+                    )
+            out["heartbeat"] = {
+                k: {
+                    "rps": statistics.median(t["rps"] for t in v),
+                    "p50_ms": statistics.median(t["p50_ms"] for t in v),
+                    "p99_ms": statistics.median(t["p99_ms"] for t in v),
+                    "trials": v,
+                }
+                for k, v in results.items()
+            }
+            procs.stop_all()
+            workers: dict[str, list[dict[str, Any]]] = {"base": [], "new": []}
+            for _ in range(max(2, trials // 2)):
+                for name, src in (("base", base_src), ("new", new_src)):
+                    workers[name].append(
+                        await asyncio.to_thread(run_worker, src, url, servers.valkey_url, 9)
+                    )
+            out["inproc"] = {
+                name: {
+                    key: statistics.median(w[key] for w in ws)
+                    for key in (
+                        "find_available_valkey_ms",
+                        "find_available_postgres_ms",
+                        "beacon_from_valkey_ms",
+                    )
+                }
+                | {"tree": ws[0]["tree"]}
+                for name, ws in workers.items()
+            }
+        finally:
+            procs.stop_all()
+            servers.stop()
+    return out
+
+
+def cli() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        db, vk, n = sys.argv[2], sys.argv[3], int(sys.argv[4])
+        result = asyncio.run(worker(db, vk, n))
+        print("AB_JSON " + json.dumps(result), flush=True)
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base-src", type=Path, required=True)
+    parser.add_argument("--online", type=int, default=10_000)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    trials, seconds = (2, 3.0) if args.quick else (5, 6.0)
+    started = time.perf_counter()
+    out = asyncio.run(main(args.base_src.resolve(), args.online, trials, seconds))
+    out["duration_s"] = round(time.perf_counter() - started, 1)
+    print(json.dumps({k: v for k, v in out.items() if k != "heartbeat"}, indent=2))
+    for name, h in out["heartbeat"].items():
+        print(
+            f"heartbeat {name:<14} {h['rps']:8.0f} req/s  p50 {h['p50_ms']:.2f} ms"
+            f"  p99 {h['p99_ms']:.2f} ms"
+        )
+    hb = out["heartbeat"]
+    for tree in ("base", "new"):
+        v, p = hb[f"{tree}_valkey"]["rps"], hb[f"{tree}_postgres"]["rps"]
+        print(f"{tree}: valkey/floor {v / hb['floor']['rps']:.2f}, valkey/postgres {v / p:.2f}")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = REPO / "benchmarks" / "results" / f"ab-{stamp}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
+    print(f"written: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
