@@ -11,7 +11,8 @@ import asyncpg
 import pytest
 
 from halobestie.errors import NoMitraAvailable
-from halobestie.pairing.actions import open_pairing_request, run_after_commit
+from halobestie.pairing.actions import open_pairing_request
+from halobestie.sessions.timers import run_after_commit
 from tests.conftest import Instance
 from tests.factories import Person, make_chat_session, make_user
 

@@ -17,9 +17,9 @@ from uuid import UUID
 from ..context import Context
 from ..errors import AlreadyTaken, AtCapacity, NotFound, NotOffered, RequestClosed
 from ..sessions import actions as session_actions
-from ..sessions.timers import AfterCommit, cancel_timer
+from ..sessions.timers import AfterCommit, cancel_timer, run_after_commit
 from ..sessions.transitions import OPEN, SESSION_COLUMNS, after_session_change
-from .actions import publish, run_after_commit
+from .actions import publish
 from .queries import lock_request, offered_mitras
 
 CAPACITY_SQL = """

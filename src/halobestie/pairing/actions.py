@@ -20,7 +20,13 @@ from ..clock import iso
 from ..context import Context
 from ..errors import InvalidState, NoMitraAvailable, NotFound
 from ..logs import get_logger
-from ..sessions.timers import AfterCommit, cancel_timer, register_timer_handler, schedule_timer
+from ..sessions.timers import (
+    AfterCommit,
+    cancel_timer,
+    register_timer_handler,
+    run_after_commit,
+    schedule_timer,
+)
 from .queries import (
     REQUEST_COLUMNS,
     last_active,
@@ -45,17 +51,6 @@ def publish(ctx: Context, users: Iterable[UUID], type_: str, data: dict[str, Any
         await ctx.events.publish(recipients, type_, data)
 
     return effect
-
-
-async def run_after_commit(effects: Iterable[AfterCommit]) -> None:
-    """The commit is done: a failing side effect is logged, never turned into an error
-    for a write that happened (capacity heals with the next transition or reseed;
-    events are hints a client re-fetches over REST)."""
-    for effect in effects:
-        try:
-            await effect()
-        except Exception:
-            log.exception("pairing_after_commit_failed")
 
 
 # -- open ----------------------------------------------------------------------------

@@ -11,10 +11,10 @@ from ..auth.tokens import Principal
 from ..clock import iso
 from ..context import Context
 from ..errors import InvalidState, PaymentReferenceReused
-from ..pairing.actions import open_pairing_request, run_after_commit
+from ..pairing.actions import open_pairing_request
 from . import lifecycle  # noqa: F401  (registers the session timers' handlers)
 from .queries import is_party, not_found
-from .timers import AfterCommit, TimerKind, cancel_timer, schedule_timer
+from .timers import AfterCommit, TimerKind, cancel_timer, run_after_commit, schedule_timer
 from .transitions import (
     SESSION_COLUMNS,
     ActorRole,

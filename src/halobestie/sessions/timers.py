@@ -18,7 +18,7 @@ fires whatever fell due while no instance was running, so the seed reads settled
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
@@ -47,6 +47,19 @@ PASS_THROUGH: tuple[type[Exception], ...] = (DatabaseUnavailable, *UNREACHABLE)
 # recompute, events), never inside it.
 AfterCommit = Callable[[], Awaitable[None]]
 Handler = Callable[[Context, Any, UUID, datetime], Awaitable[list[AfterCommit]]]
+
+
+async def run_after_commit(effects: Iterable[AfterCommit]) -> None:
+    """The commit is done: a failing side effect is logged, never turned into an error
+    for a write that happened (capacity heals with the next transition or reseed;
+    events are hints a client re-fetches over REST)."""
+    for effect in effects:
+        try:
+            await effect()
+        except Exception:
+            log.exception("after_commit_failed")
+
+
 _handlers: dict[str, Handler] = {}
 
 
@@ -109,11 +122,7 @@ async def run_due_timers(ctx: Context, now: datetime) -> int:
                         row["id"],
                         now + RETRY_FAILED_AFTER,
                     )
-        for effect in effects:
-            try:
-                await effect()
-            except Exception:
-                log.exception("timer_after_commit_failed")
+        await run_after_commit(effects)
         if len(rows) < BATCH:
             return fired
 
