@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -51,3 +52,4 @@ class Context:
     # In-process cache of the beacon while Valkey is down: protects Postgres from one
     # aggregate per customer poll during an outage. (expires at, snapshot)
     fallback_beacon: tuple[datetime, dict[str, Any]] | None = field(default=None)
+    fallback_beacon_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

@@ -3,6 +3,7 @@ benchmarks. Every read and heartbeat goes to Postgres and nothing is written to 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -40,3 +41,16 @@ async def test_disabled_mirror_serves_everything_from_postgres_and_writes_no_key
         assert 'halobestie_valkey_errors_total{operation="heartbeat"} 0.0' in metrics
 
     assert await valkey.keys("*") == []
+
+
+async def test_postgres_beacon_is_computed_once_for_a_burst_of_concurrent_polls(
+    make_app: AppFactory,
+) -> None:
+    async with make_app(VALKEY_MIRROR_ENABLED=False) as inst:
+        mitra = await make_user(inst.ctx, "mitra")
+        await inst.client.post("/api/mitra/status/online", headers=mitra.headers)
+        replies = await asyncio.gather(*(inst.client.get("/api/availability") for _ in range(30)))
+        assert {r.status_code for r in replies} == {200}
+        assert {r.json()["available_count"] for r in replies} == {1}
+        computed = inst.ctx.metrics.snapshot_computations.labels(source="postgres")._value.get()
+        assert computed == 1
