@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from halobestie.devservers import EmbeddedPostgres, EmbeddedValkey
+from halobestie.devservers import LocalServers, start_local_servers
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_JWT_SECRET = "bench-jwt-secret-0123456789abcdef0123456789abcdef"  # noqa: S105
@@ -24,37 +24,18 @@ BENCH_WEBHOOK_SECRET = "bench-webhook-secret-0123456789"  # noqa: S105
 STALE_SECONDS = 3600
 
 
-@dataclass
-class Servers:
-    database_url: str
-    valkey_url: str
-    postgres: EmbeddedPostgres | None
-    valkey: EmbeddedValkey | None
-
-    @property
-    def pg_log(self) -> Path | None:
-        """pgserver's postmaster writes its log to <PGDATA>/log (pg_ctl -l)."""
-        return None if self.postgres is None else self.postgres.data_dir / "log"
-
-    def stop(self) -> None:
-        if self.valkey is not None:
-            self.valkey.stop()
-        if self.postgres is not None:
-            self.postgres.stop()
+# The benchmark's servers are the same LocalServers that `halobestie dev` and the tests use.
+Servers = LocalServers
 
 
 def start_servers(tmp: Path) -> Servers:
-    db_url = os.environ.get("BENCH_DATABASE_URL")
-    vk_url = os.environ.get("BENCH_VALKEY_URL")
-    postgres = valkey = None
-    if not db_url:
-        postgres = EmbeddedPostgres(tmp / "postgres", max_connections=300)
-        postgres.start()
-        db_url = postgres.create_database("halobestie_bench")
-    if not vk_url:
-        valkey = EmbeddedValkey(tmp / "valkey")
-        vk_url = valkey.start()
-    return Servers(db_url, vk_url, postgres, valkey)
+    return start_local_servers(
+        tmp,
+        database="halobestie_bench",
+        database_url=os.environ.get("BENCH_DATABASE_URL"),
+        valkey_url=os.environ.get("BENCH_VALKEY_URL"),
+        max_connections=300,
+    )
 
 
 def with_query(url: str, **params: str) -> str:

@@ -29,7 +29,7 @@ from halobestie.api.app import create_app
 from halobestie.clock import ManualClock
 from halobestie.config import Settings, load_settings
 from halobestie.context import Context
-from halobestie.devservers import EmbeddedPostgres, EmbeddedValkey
+from halobestie.devservers import LocalServers, start_local_servers
 from halobestie.migrate import run_migrations
 
 TEST_JWT_SECRET = "test-jwt-secret-0123456789abcdef0123456789"
@@ -40,34 +40,24 @@ TABLES = (
 )
 
 
-@dataclass
-class Servers:
-    database_url: str
-    valkey_url: str
-    postgres: EmbeddedPostgres | None
-    valkey: EmbeddedValkey | None
+# The test servers are the same LocalServers that `halobestie dev` and the benchmarks use.
+Servers = LocalServers
 
 
 @pytest.fixture(scope="session")
 def servers() -> Iterator[Servers]:
-    db_url, vk_url = os.environ.get("TEST_DATABASE_URL"), os.environ.get("TEST_VALKEY_URL")
     with tempfile.TemporaryDirectory(prefix="halobestie-test-") as tmp:
-        postgres = valkey = None
-        if not db_url:
-            postgres = EmbeddedPostgres(Path(tmp) / "postgres")
-            postgres.start()
-            db_url = postgres.create_database("halobestie_test")
-        if not vk_url:
-            valkey = EmbeddedValkey(Path(tmp) / "valkey")
-            vk_url = valkey.start()
+        local = start_local_servers(
+            Path(tmp),
+            database="halobestie_test",
+            database_url=os.environ.get("TEST_DATABASE_URL"),
+            valkey_url=os.environ.get("TEST_VALKEY_URL"),
+        )
         try:
-            run_migrations(db_url)
-            yield Servers(db_url, vk_url, postgres, valkey)
+            run_migrations(local.database_url)
+            yield local
         finally:
-            if valkey is not None:
-                valkey.stop()
-            if postgres is not None:
-                postgres.stop()
+            local.stop()
 
 
 @pytest.fixture

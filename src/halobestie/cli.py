@@ -120,21 +120,20 @@ def dev(data_dir: Path, host: str, port: int) -> None:
     """One-command demo: embedded Postgres and Valkey (when the URLs are unset),
     migrations, demo users, then serve."""
     from .demo import DEMO_LOGINS, seed_demo
-    from .devservers import EmbeddedPostgres, EmbeddedValkey
+    from .devservers import start_local_servers
 
-    env: dict[str, Any] = {"HALOBESTIE_ENV": os.environ.get("HALOBESTIE_ENV", "dev")}
-    postgres = valkey = None
-    if not os.environ.get("DATABASE_URL"):
-        postgres = EmbeddedPostgres(data_dir / "postgres")
-        click.echo("starting embedded Postgres ...")
-        postgres.start()
-        if not postgres.database_exists("halobestie"):
-            postgres.create_database("halobestie")
-        env["DATABASE_URL"] = postgres.url("halobestie")
-    if not os.environ.get("VALKEY_URL"):
-        valkey = EmbeddedValkey(data_dir / "valkey")
-        click.echo("starting embedded Valkey ...")
-        env["VALKEY_URL"] = valkey.start()
+    click.echo("starting the servers (embedded where DATABASE_URL / VALKEY_URL are unset) ...")
+    servers = start_local_servers(
+        data_dir,
+        database="halobestie",
+        database_url=os.environ.get("DATABASE_URL"),
+        valkey_url=os.environ.get("VALKEY_URL"),
+    )
+    env: dict[str, Any] = {
+        "HALOBESTIE_ENV": os.environ.get("HALOBESTIE_ENV", "dev"),
+        "DATABASE_URL": servers.database_url,
+        "VALKEY_URL": servers.valkey_url,
+    }
     from .config import DEV_JWT_SECRET, DEV_WEBHOOK_SECRET
 
     env.setdefault("JWT_SECRET", os.environ.get("JWT_SECRET", DEV_JWT_SECRET))
@@ -160,7 +159,4 @@ def dev(data_dir: Path, host: str, port: int) -> None:
         click.echo("")
         _serve(settings, host, port)
     finally:
-        if valkey is not None:
-            valkey.stop()
-        if postgres is not None:
-            postgres.stop()
+        servers.stop()

@@ -145,7 +145,7 @@ class StatementLog:
 
 @pytest.fixture
 async def statement_log(clean: Servers) -> AsyncIterator[StatementLog]:
-    if clean.postgres is None:
+    if clean.pg_log is None:
         pytest.skip("needs the embedded Postgres to read its server log")
     database = urlsplit(clean.database_url).path.lstrip("/")
     admin = await asyncpg.connect(clean.database_url)
@@ -153,7 +153,7 @@ async def statement_log(clean: Servers) -> AsyncIterator[StatementLog]:
         await admin.execute(f"ALTER DATABASE \"{database}\" SET log_statement = 'all'")
         marker = await asyncpg.connect(clean.database_url)  # logs too: opened after ALTER
         try:
-            yield StatementLog(clean.postgres.data_dir / "log", marker)
+            yield StatementLog(clean.pg_log, marker)
         finally:
             await marker.close()
     finally:
