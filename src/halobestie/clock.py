@@ -36,7 +36,11 @@ class ManualClock:
 
 def iso(when: datetime) -> str:
     """Fixed-width ISO-8601 UTC, so that string order equals time order (Lua compares them)."""
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if when.tzinfo is not UTC:  # astimezone costs as much as the formatting
+        when = when.astimezone(UTC)
+    # isoformat is twice as fast as strftime (the heartbeat formats on every ping);
+    # timespec pins the width even when the microseconds are zero.
+    return when.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def parse_iso(text: str) -> datetime:

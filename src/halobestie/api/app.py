@@ -6,16 +6,29 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from ..clock import Clock
 from ..config import Settings
 from ..events import ws
 from ..logs import configure_logging
 from ..runtime import Runtime
-from . import hotpath
 from .errors import install_error_handlers
+from .hotpath import HotPath
 from .limits import BodyLimitMiddleware
 from .routers import admin, auth, mitra, ops, pairing, payments, public, sessions
+
+
+class HalobestieApp(FastAPI):
+    """FastAPI, with the hot path answered before the middleware stack (hotpath.py)."""
+
+    hotpath: HotPath
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.hotpath.handles(scope):
+            await self.hotpath(scope, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
@@ -30,11 +43,11 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         finally:
             await runtime.stop()
 
-    app = FastAPI(title="halobestie", version="0.1.0", lifespan=lifespan)
+    app = HalobestieApp(title="halobestie", version="0.1.0", lifespan=lifespan)
+    app.hotpath = HotPath(runtime.ctx)
     app.state.ctx = runtime.ctx
     app.state.runtime = runtime
-    # Hot path first: plain Starlette routes, matched before the FastAPI ones.
-    for route in (*hotpath.routes, *ws.routes):
+    for route in ws.routes:
         app.router.routes.append(route)
     routers = (auth.router, admin.router, mitra.router, public.router, ops.router, pairing.router)
     for router in (*routers, sessions.router, payments.router):

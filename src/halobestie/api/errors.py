@@ -51,13 +51,43 @@ def status_for(exc: e.DomainError) -> int:
     return 400
 
 
-async def _domain(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, e.DomainError)
+# (status, JSON body, extra headers) of an error answer.
+Described = tuple[int, dict[str, Any], dict[str, str]]
+
+
+def domain_error(exc: e.DomainError) -> Described:
+    """Status, body and headers for a domain error (shared with the lean hot path)."""
     status = status_for(exc)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
     if status == 503:
         headers["Retry-After"] = "1"
-    return error_response(status, exc.code, exc.detail, **headers)
+    return status, {"error": exc.code, "detail": exc.detail}, headers
+
+
+UNREACHABLE_ERROR: Described = (
+    503,
+    {"error": "database_unavailable", "detail": "Postgres is unreachable"},
+    {"Retry-After": "1"},
+)
+UNEXPECTED_ERROR: Described = (
+    500,
+    {"error": "internal_error", "detail": "unexpected error; it has been logged"},
+    {},
+)
+
+
+def method_not_allowed(allowed: str) -> Described:
+    return 405, {"error": HTTP_CODES[405], "detail": "Method Not Allowed"}, {"Allow": allowed}
+
+
+def _respond(described: Described) -> JSONResponse:
+    status, body, headers = described
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _domain(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, e.DomainError)
+    return _respond(domain_error(exc))
 
 
 def _describe(err: dict[str, Any]) -> str:
@@ -80,14 +110,12 @@ async def _http(_: Request, exc: Exception) -> JSONResponse:
 
 async def _unreachable(_: Request, exc: Exception) -> JSONResponse:
     log.warning("postgres_unreachable_unwrapped", error=type(exc).__name__)
-    return error_response(
-        503, "database_unavailable", "Postgres is unreachable", **{"Retry-After": "1"}
-    )
+    return _respond(UNREACHABLE_ERROR)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled_error", path=request.url.path, error=type(exc).__name__, exc_info=exc)
-    return error_response(500, "internal_error", "unexpected error; it has been logged")
+    return _respond(UNEXPECTED_ERROR)
 
 
 def install_error_handlers(app: FastAPI) -> None:

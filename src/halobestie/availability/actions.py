@@ -123,10 +123,10 @@ async def do_record_heartbeat(ctx: Context, mitra_id: UUID, now: datetime) -> He
     try:
         outcome = await ctx.mirror.read(
             "heartbeat",
-            lambda c: ctx.scripts.heartbeat(
-                keys=[keys.deactivated, keys.online, keys.heartbeat(key_id)],
-                args=[key_id, iso(now)],
-                client=c,
+            lambda c: ctx.mirror.batched.call(
+                ctx.scripts.heartbeat,
+                [keys.deactivated, keys.online, keys.heartbeat(key_id)],
+                [key_id, iso(now)],
             ),
         )
     except MirrorUnavailable:

@@ -31,6 +31,7 @@ from valkey.utils import LIBVALKEY_AVAILABLE
 from ..errors import DatabaseUnavailable, MirrorUnavailable
 from ..logs import get_logger
 from ..metrics import Metrics
+from .autopipe import AutoPipeline
 
 log = get_logger(__name__)
 
@@ -93,10 +94,22 @@ class Mirror:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self.client: valkey_async.Valkey = valkey_async.Valkey.from_url(
+        self.client = self._connect(url, operation_timeout, per_read_timeout=True)
+        # The heartbeat's Lua call is auto-pipelined (see autopipe.py) over its own
+        # connections, which time out per batch, not per reply: valkey-py arms an
+        # asyncio timer for every reply it reads, measured at 9 % of a heartbeat's CPU.
+        self.batched = AutoPipeline(
+            self._connect(url, operation_timeout, per_read_timeout=False),
+            timeout=operation_timeout,
+        )
+
+    def _connect(
+        self, url: str, operation_timeout: float, *, per_read_timeout: bool
+    ) -> valkey_async.Valkey:
+        client: valkey_async.Valkey = valkey_async.Valkey.from_url(
             url,
             decode_responses=True,
-            socket_timeout=operation_timeout,
+            socket_timeout=operation_timeout if per_read_timeout else None,
             socket_connect_timeout=operation_timeout,
             # One quick retry absorbs a single dropped connection; a restart is still
             # noticed because every new connection reports the server's run_id.
@@ -105,7 +118,8 @@ class Mirror:
             valkey_connect_func=self._on_connect,
             health_check_interval=0,
         )
-        _pack_in_c(self.client)  # before the first connection is made
+        _pack_in_c(client)  # before the first connection is made
+        return client
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -130,6 +144,7 @@ class Mirror:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        await self.batched.close()
         await self.client.aclose()
 
     # -- operations --------------------------------------------------------------
