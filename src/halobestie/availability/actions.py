@@ -101,6 +101,7 @@ async def do_set_mitra_active(
 @dataclass(frozen=True)
 class HeartbeatResult:
     at: datetime
+    at_iso: str  # `at` as written to Valkey (formatted once: this is the hot path)
     source: str  # "valkey" on the hot path, "postgres" during a Valkey outage
 
 
@@ -120,13 +121,14 @@ async def do_record_heartbeat(ctx: Context, mitra_id: UUID, now: datetime) -> He
     """
     keys = ctx.keys
     key_id = str(mitra_id)
+    stamp = iso(now)
     try:
         outcome = await ctx.mirror.read(
             "heartbeat",
             lambda c: ctx.mirror.batched.call(
                 ctx.scripts.heartbeat,
                 [keys.deactivated, keys.online, keys.heartbeat(key_id)],
-                [key_id, iso(now)],
+                [key_id, stamp],
             ),
         )
     except MirrorUnavailable:
@@ -134,7 +136,7 @@ async def do_record_heartbeat(ctx: Context, mitra_id: UUID, now: datetime) -> He
         for _ in range(2):
             async with ctx.db.connection() as conn:
                 if await conn.fetchval(HEARTBEAT_FALLBACK_SQL, mitra_id, now) is not None:
-                    return HeartbeatResult(now, "postgres")
+                    return HeartbeatResult(now, stamp, "postgres")
             # Raises with the reason; returns only if the mitra went (back) online
             # between the UPDATE and this check, and then the UPDATE is worth a retry.
             await _explain_refusal(ctx, mitra_id)
@@ -143,4 +145,4 @@ async def do_record_heartbeat(ctx: Context, mitra_id: UUID, now: datetime) -> He
         raise MitraDeactivated(f"mitra {mitra_id} is deactivated")
     if outcome == 0:
         raise NotOnline(f"mitra {mitra_id} is not online; go online first")
-    return HeartbeatResult(now, "valkey")
+    return HeartbeatResult(now, stamp, "valkey")
