@@ -82,8 +82,8 @@ async def all_answers(inst: Instance, cast: Cast, valkey_raw: Any) -> dict[str, 
                 ("reachable", "busy", "stale", "deactivated"), cast.mitras, strict=True
             )
         },
-        "available": [c.id for c in pool.available],
-        "pool": [(c.id, c.capacity, c.last_heartbeat_at) for c in pool.reachable],
+        "available": sorted(pool.available),
+        "pool": sorted(pool.reachable.items()),
         "pool_source": pool.source,
         "dashboard": board,
     }

@@ -67,7 +67,7 @@ async def _choose(
     """The mitras to offer, in offer order; NoMitraAvailable when there are none."""
     excluded = {str(m) for m in exclude}
     pool = await find_pool(ctx, now)
-    loads = {c.id: c.capacity for c in pool.available if c.id not in excluded}
+    loads = {m: load for m, load in pool.available.items() if m not in excluded}
     if preferred_mitra_id is not None:
         wanted = str(preferred_mitra_id)
         if wanted in loads and wanted in await last_active(conn, [wanted]):
