@@ -110,9 +110,9 @@ def make_app(clean: Servers) -> AppFactory:
     """`async with make_app(HEARTBEAT_STALE_SECONDS=5, DATABASE_URL=proxy_url) as inst:`"""
 
     @asynccontextmanager
-    async def factory(clock: ManualClock | None = None, **overrides: Any) -> AsyncIterator[
-        Instance
-    ]:
+    async def factory(
+        clock: ManualClock | None = None, **overrides: Any
+    ) -> AsyncIterator[Instance]:
         overrides.setdefault("DATABASE_URL", clean.database_url)
         overrides.setdefault("VALKEY_URL", clean.valkey_url)
         settings = settings_for(**overrides)

@@ -16,6 +16,7 @@ import httpx
 import pytest
 import structlog
 from starlette.responses import JSONResponse
+from starlette.types import Message, Scope
 
 from halobestie.api import hotpath
 from halobestie.api.limits import MAX_BODY_BYTES
@@ -42,6 +43,40 @@ def interval(inst: Instance) -> int:
 
 def as_starlette_would_send(body: Any) -> bytes:
     return bytes(JSONResponse(body).body)
+
+
+async def raw_request(
+    inst: Instance, method: str, path: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> tuple[int, dict[bytes, bytes], bytes]:
+    """One request straight into the ASGI app: httpx's ASGI transport drops whatever
+    body a HEAD response carries, a real server would not."""
+    scope: Scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"test"), *(headers or [])],
+        "client": ("127.0.0.1", 50000),
+        "server": ("test", 80),
+    }
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await inst.app(scope, receive, send)
+    [start, *bodies] = sent
+    assert start["type"] == "http.response.start"
+    body = b"".join(m.get("body", b"") for m in bodies)
+    return start["status"], dict(start["headers"]), body
 
 
 class LogCapture:
@@ -90,14 +125,14 @@ async def test_get_beacon_answers_the_snapshot_as_starlette_would(
 
 async def test_head_beacon_is_the_get_answer_without_its_body(inst: Instance) -> None:
     await online_mitra(inst)
-    head = await inst.client.head(BEACON)
-    get = await inst.client.get(BEACON)  # the same snapshot (within its TTL)
+    get = await inst.client.get(BEACON)
+    status, headers, body = await raw_request(inst, "HEAD", BEACON)  # same snapshot (TTL)
 
-    assert head.status_code == 200
-    assert head.content == b""
-    assert head.headers["cache-control"] == "no-store"
-    assert head.headers["content-type"] == "application/json"
-    assert head.headers["content-length"] == str(len(get.content))
+    assert status == 200
+    assert body == b""
+    assert headers[b"cache-control"] == b"no-store"
+    assert headers[b"content-type"] == b"application/json"
+    assert headers[b"content-length"] == str(len(get.content)).encode()
 
 
 # -- methods and sizes ---------------------------------------------------------------
@@ -126,10 +161,11 @@ async def test_head_on_the_heartbeat_is_405_without_a_body_and_records_nothing(
     mitra = await online_mitra(inst)
     before = await valkey.get(inst.ctx.keys.heartbeat(mitra.id))
     inst.clock.advance(5)
-    r = await inst.client.head(HEARTBEAT, headers=mitra.headers)
-    assert r.status_code == 405
-    assert r.headers["allow"] == "POST"
-    assert r.content == b""
+    auth = [(b"authorization", f"Bearer {mitra.token}".encode())]
+    status, headers, body = await raw_request(inst, "HEAD", HEARTBEAT, auth)
+    assert status == 405
+    assert headers[b"allow"] == b"POST"
+    assert body == b""
     assert await valkey.get(inst.ctx.keys.heartbeat(mitra.id)) == before
 
 
@@ -223,12 +259,31 @@ async def test_a_token_of_another_role_is_403(inst: Instance, valkey: Any, role:
 SECRET_DETAIL = "internal detail that must stay inside"
 
 
+def _break_action(inst: Instance, monkeypatch: pytest.MonkeyPatch, broken: Any) -> None:
+    monkeypatch.setattr(hotpath, "do_record_heartbeat", broken)
+
+
+def _break_lua_call(inst: Instance, monkeypatch: pytest.MonkeyPatch, broken: Any) -> None:
+    # Deeper: inside the real heartbeat action, where the mirror does not expect it.
+    monkeypatch.setattr(inst.ctx.mirror.batched, "call", broken)
+
+
+def _break_beacon(inst: Instance, monkeypatch: pytest.MonkeyPatch, broken: Any) -> None:
+    monkeypatch.setattr(hotpath, "get_beacon", broken)
+
+
 @pytest.mark.parametrize(
-    ("path", "method", "target"),
-    [(HEARTBEAT, "POST", "do_record_heartbeat"), (BEACON, "GET", "get_beacon")],
-)
+    ("path", "method", "breaks"),
+    [(HEARTBEAT, "POST", _break_action), (HEARTBEAT, "POST", _break_lua_call),
+     (BEACON, "GET", _break_beacon)],
+    ids=["heartbeat_action", "heartbeat_lua_call", "beacon"],
+)  # fmt: skip
 async def test_an_unexpected_exception_is_500_json_and_logged_without_secrets(
-    inst: Instance, monkeypatch: pytest.MonkeyPatch, path: str, method: str, target: str
+    inst: Instance,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+    method: str,
+    breaks: Callable[[Instance, pytest.MonkeyPatch, Any], None],
 ) -> None:
     mitra = await online_mitra(inst)
     logs = LogCapture(monkeypatch)
@@ -236,7 +291,7 @@ async def test_an_unexpected_exception_is_500_json_and_logged_without_secrets(
     async def broken(*args: Any) -> Any:
         raise RuntimeError(SECRET_DETAIL)
 
-    monkeypatch.setattr(hotpath, target, broken)
+    breaks(inst, monkeypatch, broken)
     r = await inst.client.request(method, path, headers=mitra.headers)
 
     assert_error(r, 500, "internal_error")

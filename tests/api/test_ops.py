@@ -27,9 +27,7 @@ async def test_readyz_reports_both_stores_ok_once_seeded(inst: Instance) -> None
 
 
 @pytest.mark.parametrize("line", REQUIRED_SERIES)
-async def test_metrics_expose_the_contract_series_from_the_start(
-    inst: Instance, line: str
-) -> None:
+async def test_metrics_expose_the_contract_series_from_the_start(inst: Instance, line: str) -> None:
     r = await inst.client.get("/metrics")
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")

@@ -1,10 +1,9 @@
 """Auto-pipelining of the heartbeat's Lua call (availability/autopipe.py): calls issued
-in the same loop turn leave as one pipeline, each caller gets its own reply, NOSCRIPT is
+in the same loop turn leave in one write, each caller gets its own reply, NOSCRIPT is
 retried, a cancelled caller is skipped, a dead Valkey fails the whole batch (and the
 heartbeat falls back to Postgres), and close() lets batches in flight finish.
 
-Batches are counted at valkey-py's level (`PipelineSpy`): one executed pipeline is one
-batch on the wire."""
+Batches are counted on the wire (`WireSpy`): one write carrying n EVALSHAs is one batch."""
 
 from __future__ import annotations
 
@@ -23,7 +22,7 @@ from halobestie.availability.actions import HeartbeatResult, do_record_heartbeat
 from halobestie.availability.autopipe import AutoPipeline
 from halobestie.clock import iso
 from halobestie.errors import NotOnline
-from tests.conftest import Instance, Servers
+from tests.conftest import Instance, Servers, eventually
 from tests.factories import Person, make_user
 from tests.failures import helpers
 from tests.failures.helpers import fallback_reads, heartbeat, online_mitra, valkey_url_via
@@ -45,29 +44,40 @@ return ARGV[1]
 """
 
 
-class PipelineSpy:
-    """Records the number of commands in every pipeline `client` executes."""
+class WireSpy:
+    """Counts the EVALSHA commands in every write on the connections of `client`'s pool
+    (one write carrying n of them is one batch of n), whatever sends them."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, client: Any) -> None:
-        self.sizes: list[int] = []
-        make = client.pipeline
+        self.writes: list[int] = []
+        pool = client.connection_pool
+        get_connection = pool.get_connection
 
-        def pipeline(*args: Any, **kwargs: Any) -> Any:
-            pipe = make(*args, **kwargs)
-            execute = pipe.execute
+        async def spied_connection(*args: Any, **kwargs: Any) -> Any:
+            conn = await get_connection(*args, **kwargs)
+            if "send_packed_command" not in vars(conn):
+                send = conn.send_packed_command
 
-            async def counted(*e_args: Any, **e_kwargs: Any) -> Any:
-                self.sizes.append(len(pipe.command_stack))
-                return await execute(*e_args, **e_kwargs)
+                async def counted(command: Any, *s_args: Any, **s_kwargs: Any) -> Any:
+                    data = command.encode() if isinstance(command, str) else command
+                    if not isinstance(data, bytes):
+                        data = b"".join(bytes(chunk) for chunk in data)
+                    if n := data.count(b"$7\r\nEVALSHA\r\n"):
+                        self.writes.append(n)
+                    return await send(data, *s_args, **s_kwargs)
 
-            pipe.execute = counted
-            return pipe
+                conn.send_packed_command = counted
+            return conn
 
-        monkeypatch.setattr(client, "pipeline", pipeline)
+        monkeypatch.setattr(pool, "get_connection", spied_connection)
 
 
-def spy_on_heartbeats(monkeypatch: pytest.MonkeyPatch, inst: Instance) -> PipelineSpy:
-    return PipelineSpy(monkeypatch, inst.ctx.mirror.batched._client)
+async def spy_on_heartbeats(monkeypatch: pytest.MonkeyPatch, inst: Instance) -> WireSpy:
+    """A spy on the app's batched heartbeats, with the heartbeat script already in
+    Valkey's cache (the shared test server may not have it yet: a NOSCRIPT batch is
+    retried call by call, which the NOSCRIPT tests cover on purpose)."""
+    await inst.ctx.mirror.client.script_load(inst.ctx.scripts.heartbeat.script)
+    return WireSpy(monkeypatch, inst.ctx.mirror.batched._client)
 
 
 @asynccontextmanager
@@ -112,12 +122,12 @@ async def test_concurrent_heartbeats_go_out_as_one_batch_each_with_its_own_answe
     offline = await make_user(inst.ctx, "mitra")
     deactivated = await deactivated_mitra(inst)
     callers = [online[0], offline, online[1], deactivated, online[2], online[3]]
-    spy = spy_on_heartbeats(monkeypatch, inst)
+    spy = await spy_on_heartbeats(monkeypatch, inst)
     now = inst.clock.advance(7)
 
     responses = await asyncio.gather(*(heartbeat(inst, m) for m in callers))
 
-    assert spy.sizes == [len(callers)]  # one pipeline carried every ping
+    assert spy.writes == [len(callers)]  # one write carried every ping
     answers = {m.id: (r.status_code, r.json()) for m, r in zip(callers, responses, strict=True)}
     for mitra in online:
         assert answers[mitra.id][0] == 200, answers[mitra.id]
@@ -135,28 +145,28 @@ async def test_calls_beyond_max_batch_are_split_and_replies_stay_with_their_call
     clean: Servers, valkey: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with echo_pipeline(clean.valkey_url, max_batch=3) as (pipeline, script):
-        spy = PipelineSpy(monkeypatch, pipeline._client)
+        spy = WireSpy(monkeypatch, pipeline._client)
         names = [f"caller-{i}" for i in range(8)]
         replies = await asyncio.gather(*(echo(pipeline, script, n) for n in names))
         assert replies == names
-        assert spy.sizes == [3, 3, 2]
+        assert sorted(spy.writes) == [2, 3, 3]  # sent side by side, in any order
         assert [await valkey.get(f"echo:{n}") for n in names] == names
 
         # Calls in later loop turns are later batches, a lone call a batch of one.
         assert await echo(pipeline, script, "alone") == "alone"
-        assert spy.sizes == [3, 3, 2, 1]
+        assert sorted(spy.writes) == [1, 2, 3, 3]
 
 
 async def test_an_error_reply_fails_only_its_own_call(
     clean: Servers, valkey: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with echo_pipeline(clean.valkey_url) as (pipeline, script):
-        spy = PipelineSpy(monkeypatch, pipeline._client)
+        spy = WireSpy(monkeypatch, pipeline._client)
         names = ["before", "boom", "after"]
         results = await asyncio.gather(
             *(echo(pipeline, script, n) for n in names), return_exceptions=True
         )
-        assert spy.sizes == [3]
+        assert spy.writes == [3]
         assert results[0] == "before" and results[2] == "after"
         assert isinstance(results[1], ResponseError) and "boom" in str(results[1])
         assert await valkey.get("echo:after") == "after"
@@ -166,7 +176,7 @@ async def test_an_error_reply_fails_only_its_own_call(
 
 
 async def test_after_script_flush_a_batch_of_heartbeats_reloads_the_script_and_lands(
-    inst: Instance, valkey: Any, pg: asyncpg.Connection
+    inst: Instance, valkey: Any, pg: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     online = [await online_mitra(inst) for _ in range(3)]
     offline = await make_user(inst.ctx, "mitra")
@@ -176,6 +186,7 @@ async def test_after_script_flush_a_batch_of_heartbeats_reloads_the_script_and_l
     assert await valkey.script_exists(sha) == [True]
     online_at = [await last_heartbeat_at(pg, m) for m in online]
 
+    spy = await spy_on_heartbeats(monkeypatch, inst)
     await valkey.script_flush()  # as a Valkey restart would leave it (minus the data)
     assert await valkey.script_exists(sha) == [False]
     now = inst.clock.advance(5)
@@ -186,6 +197,8 @@ async def test_after_script_flush_a_batch_of_heartbeats_reloads_the_script_and_l
     for mitra in online:
         assert await valkey.get(inst.ctx.keys.heartbeat(mitra.id)) == iso(now)
     assert await valkey.script_exists(sha) == [True]
+    # Sent as one batch, then the NOSCRIPT replies retried one call at a time.
+    assert spy.writes[0] == 4 and set(spy.writes[1:]) == {1}, spy.writes
     # Answered by Valkey, not by the Postgres fallback: NOSCRIPT is not an outage.
     assert inst.ctx.mirror.reachable and inst.ctx.mirror.trusted
     assert await fallback_reads(inst, "heartbeat") == 0
@@ -212,7 +225,7 @@ async def test_a_caller_cancelled_before_the_flush_is_not_sent_and_the_others_ar
     offline = await make_user(inst.ctx, "mitra")
     callers = [*mitras, offline]
     online_at = iso(inst.clock.now())
-    spy = spy_on_heartbeats(monkeypatch, inst)
+    spy = await spy_on_heartbeats(monkeypatch, inst)
     now = inst.clock.advance(9)
 
     tasks = [asyncio.create_task(do_record_heartbeat(inst.ctx, m.id, now)) for m in callers]
@@ -224,7 +237,7 @@ async def test_a_caller_cancelled_before_the_flush_is_not_sent_and_the_others_ar
         results = await asyncio.gather(*tasks, return_exceptions=True)
 
     assert isinstance(results[2], asyncio.CancelledError)
-    assert spy.sizes == [len(callers) - 1]  # the cancelled call never left
+    assert spy.writes == [len(callers) - 1]  # the cancelled call never left
     for mitra, result in zip(callers, results, strict=True):
         if mitra is cancelled or mitra is offline:
             continue
@@ -243,7 +256,7 @@ async def test_a_batch_whose_callers_were_all_cancelled_sends_nothing(
     clean: Servers, valkey: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with echo_pipeline(clean.valkey_url) as (pipeline, script):
-        spy = PipelineSpy(monkeypatch, pipeline._client)
+        spy = WireSpy(monkeypatch, pipeline._client)
         tasks = [echo(pipeline, script, n) for n in ("x", "y")]
         await asyncio.sleep(0)
         for task in tasks:
@@ -251,7 +264,7 @@ async def test_a_batch_whose_callers_were_all_cancelled_sends_nothing(
         results = await asyncio.gather(*tasks, return_exceptions=True)
         assert all(isinstance(r, asyncio.CancelledError) for r in results)
         assert await echo(pipeline, script, "z") == "z"
-        assert spy.sizes == [1]
+        assert spy.writes == [1]
         assert await valkey.get("echo:x") is None and await valkey.get("echo:y") is None
 
 
@@ -277,22 +290,27 @@ async def test_a_cut_valkey_fails_every_call_of_the_batch_and_the_pipeline_recov
         assert [await valkey.get(f"echo:{n}") for n in names] == names
 
 
+@pytest.mark.parametrize("pooled", [True, False], ids=["pooled", "new_connection"])
 async def test_a_black_holed_batch_of_heartbeats_each_falls_back_to_postgres_in_time(
     valkey_fault_app: Instance,
     valkey_proxy: FaultProxy,
     pg: asyncpg.Connection,
+    valkey: Any,
     monkeypatch: pytest.MonkeyPatch,
+    pooled: bool,
 ) -> None:
     """Not the cut (connection refused) outage of failures/test_heartbeat_hot_path.py: the
     batched connections have no per-read socket timeout, so only the batch's own timeout
-    stands between a silent Valkey and heartbeats that never answer."""
+    stands between a silent Valkey and heartbeats that never answer (whether the batch
+    waits on its replies or on a new connection's handshake)."""
     inst = valkey_fault_app
     online = [await online_mitra(inst) for _ in range(4)]
     offline = await make_user(inst.ctx, "mitra")
     deactivated = await deactivated_mitra(inst)
-    assert (await heartbeat(inst, online[0])).status_code == 200  # a pooled connection
+    if pooled:
+        assert (await heartbeat(inst, online[0])).status_code == 200
     was = await last_heartbeat_at(pg, deactivated)
-    spy = spy_on_heartbeats(monkeypatch, inst)
+    spy = await spy_on_heartbeats(monkeypatch, inst)
 
     await valkey_proxy.blackhole()
     now = inst.clock.advance(11)
@@ -302,7 +320,8 @@ async def test_a_black_holed_batch_of_heartbeats_each_falls_back_to_postgres_in_
 
     statuses = [r.status_code for r in responses]
     assert statuses == [200, 200, 200, 200, 409, 403], [r.text for r in responses]
-    assert spy.sizes == [len(callers)]  # one batch tried, and it failed as one
+    # One batch tried, and it failed as one (a new connection hangs before it is sent).
+    assert spy.writes == ([len(callers)] if pooled else [])
     assert not inst.ctx.mirror.reachable
     assert await fallback_reads(inst, "heartbeat") == len(callers)
     for mitra, response in zip(online, responses, strict=False):
@@ -310,6 +329,18 @@ async def test_a_black_holed_batch_of_heartbeats_each_falls_back_to_postgres_in_
         assert await last_heartbeat_at(pg, mitra) == now  # written straight through
     assert await last_heartbeat_at(pg, offline) is None
     assert await last_heartbeat_at(pg, deactivated) == was
+
+    # Once Valkey answers again, the batched connections carry no stale replies: every
+    # caller gets its own answer from Valkey again.
+    await valkey_proxy.restore()
+    await eventually(lambda: inst.ctx.mirror.trusted and inst.ctx.mirror.reachable)
+    later = inst.clock.advance(5)
+    responses = await asyncio.gather(*(heartbeat(inst, m) for m in callers))
+    assert [r.status_code for r in responses] == statuses, [r.text for r in responses]
+    assert spy.writes[-1:] == [len(callers)] and len(spy.writes) == (2 if pooled else 1)
+    assert await fallback_reads(inst, "heartbeat") == len(callers)
+    for mitra in online:
+        assert await valkey.get(inst.ctx.keys.heartbeat(mitra.id)) == iso(later)
 
 
 # -- close ---------------------------------------------------------------------------
@@ -324,7 +355,8 @@ async def test_close_waits_for_the_batch_in_flight(
         await valkey_proxy.blackhole()  # the batch is sent, its replies are held back
         names = ["one", "two", "three"]
         tasks = [echo(pipeline, script, n) for n in names]
-        await asyncio.sleep(0)  # queued, not yet flushed: close() must wait for these too
+        # Scheduled right behind the callers, so close() starts while their calls are
+        # queued and not yet flushed: it must wait for those too, then for the batch.
         closing = asyncio.create_task(pipeline.close())
         await asyncio.sleep(0.2)
         assert not closing.done()

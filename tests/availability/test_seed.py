@@ -222,3 +222,19 @@ async def test_readers_see_only_the_old_or_the_new_set_while_5000_mitras_are_see
         assert await valkey.scard("mitras:online") == 1000
         assert await valkey.scard("mitras:deactivated") == expected_deactivated
         assert await valkey.keys("mitras:seed-tmp:*") == []
+
+
+async def test_a_seed_loads_the_lua_scripts_into_a_server_that_lost_them(
+    valkey: Any, make_app: AppFactory
+) -> None:
+    """A restarted Valkey has an empty script cache; the seed that follows every restart
+    loads the scripts, so the first heartbeats do not all come back NOSCRIPT."""
+    async with make_app() as inst:
+        scripts = inst.ctx.scripts
+        shas = [s.sha for s in (scripts.heartbeat, scripts.apply_mitra, scripts.merge_heartbeats)]
+        await valkey.script_flush()
+        assert await valkey.script_exists(*shas) == [False, False, False]
+
+        await seed_mirror(inst.ctx, "test")
+
+        assert await valkey.script_exists(*shas) == [True, True, True]

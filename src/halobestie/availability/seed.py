@@ -49,6 +49,10 @@ async def seed_mirror(ctx: Context, reason: str, *, measure_drift: bool = False)
     differences found just before the swap, under the same lock, are in `counts.drift`."""
     started = ctx.clock.now()
     drift: Drift | None = None
+    # A seed follows every (re)start of Valkey, whose script cache starts empty: load the
+    # scripts now, or the first batch of heartbeats would all come back NOSCRIPT and be
+    # retried one by one (autopipe.py).
+    await ctx.mirror.raw("seed_scripts", lambda c: _load_scripts(ctx, c))
     async with locked_truth(ctx) as truth:
         if measure_drift:
             mirrored = await ctx.mirror.raw("drift", lambda c: read_mirrored(ctx, c))
@@ -58,6 +62,12 @@ async def seed_mirror(ctx: Context, reason: str, *, measure_drift: bool = False)
     ctx.metrics.seeds.labels(reason=reason).inc()
     log.info("mirror_seeded", reason=reason, started_at=iso(started), **counts.as_dict())
     return counts
+
+
+async def _load_scripts(ctx: Context, client: Any) -> None:
+    scripts = ctx.scripts
+    for script in (scripts.heartbeat, scripts.apply_mitra, scripts.merge_heartbeats):
+        await client.script_load(script.script)
 
 
 def _chunks(items: Sequence[str], size: int = CHUNK) -> Iterator[Sequence[str]]:
