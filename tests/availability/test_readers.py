@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import pytest
 
+from halobestie.availability import queries
 from halobestie.availability.queries import find_available_mitras, find_pool, pool_from_postgres
 from halobestie.availability.sweeps import run_heartbeat_writeback
 from halobestie.availability.sync import recompute_capacity
+from tests.availability import insert_customer, insert_mitra, insert_session
 from tests.conftest import AppFactory, Instance
 from tests.factories import Person, make_chat_session, make_user
 
@@ -213,3 +217,33 @@ async def test_dashboard_counts_come_from_the_mirror(
 
         r = await inst.client.get("/api/admin/dashboard", headers=customer.headers)
         assert r.status_code == 403
+
+
+async def test_a_pool_streamed_over_many_chunks_equals_the_postgres_pool(
+    make_app: AppFactory, pg: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """find-available streams its MGETs chunk by chunk and builds the pool as replies
+    arrive: with small chunks (many of them, with loop yields in between), every online
+    mitra must still land with its own heartbeat and capacity, nobody twice or missing."""
+    monkeypatch.setattr(queries, "CHUNK_IDS", 7)
+    monkeypatch.setattr(queries, "YIELD_EVERY", 3)
+    now = datetime.now(UTC)
+    fresh, stale = now - timedelta(seconds=5), now - timedelta(seconds=600)
+    customer = await insert_customer(pg)
+    expected: dict[str, int] = {}
+    for n in range(150):
+        mitra = await insert_mitra(
+            pg, online=n % 10 != 9, active=n % 25 != 0, heartbeat=stale if n % 7 == 0 else fresh
+        )
+        load = n % 3  # 0, 1 or 2 open sessions
+        for _ in range(load):
+            await insert_session(pg, customer, mitra, "active")
+        if n % 10 != 9 and n % 25 != 0 and n % 7 != 0:
+            expected[mitra] = load
+    async with make_app(MITRA_MAX_CONCURRENT_SESSIONS=2, HEARTBEAT_STALE_SECONDS=60) as inst:
+        pool = await find_pool(inst.ctx, now)
+        fallback = await pool_from_postgres(inst.ctx, now)
+
+    assert pool.source == "valkey"
+    assert pool.reachable == expected == fallback
+    assert pool.available == {m: load for m, load in expected.items() if load < 2}

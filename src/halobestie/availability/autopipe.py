@@ -18,8 +18,9 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import NoScriptError, ResponseError
+
+from .wire import on_connection
 
 _Call = tuple[Any, Sequence[str], Sequence[str], "asyncio.Future[Any]"]
 
@@ -86,33 +87,20 @@ class AutoPipeline:
 
     async def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """One write, then one reply per command (error replies as values, so a NOSCRIPT
-        does not desynchronise the rest). Straight on a pooled connection rather than
-        through valkey-py's Pipeline, whose per-command bookkeeping measured ~5 us.
-        A dropped connection (an idle one Valkey closed, a restart) is retried once on a
-        fresh one: the heartbeat script is idempotent."""
-        pool = self._client.connection_pool
-        for attempt in (1, 2):
-            conn = await pool.get_connection("EVALSHA")
-            try:
-                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-                replies: list[Any] = []
-                for _ in commands:
-                    try:
-                        replies.append(await conn.read_response())
-                    except ResponseError as exc:
-                        replies.append(exc)
-                return replies
-            except ValkeyConnectionError:
-                await conn.disconnect()
-                if attempt == 2:
-                    raise
-            except BaseException:
-                # Timed out or cancelled mid-reply: the stream is out of step; drop it.
-                await conn.disconnect()
-                raise
-            finally:
-                await pool.release(conn)
-        raise AssertionError("unreachable")
+        does not desynchronise the rest); measured ~5 us per call cheaper than valkey-py's
+        Pipeline. Retried once on a dropped connection: the heartbeat is idempotent."""
+
+        async def write_then_read(conn: Any) -> list[Any]:
+            await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+
+        return await on_connection(self._client, write_then_read)
 
     def _retry_alone(
         self, script: Any, keys: Sequence[str], args: Sequence[str], future: asyncio.Future[Any]
