@@ -172,6 +172,45 @@ async def test_an_error_reply_fails_only_its_own_call(
         assert await valkey.get("echo:after") == "after"
 
 
+async def test_plain_commands_share_a_batch_with_lua_calls_and_get_their_own_replies(
+    clean: Servers, valkey: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`command` (the beacon's GET) rides the same batches as the heartbeat's Lua calls."""
+    await valkey.set("plain:a", "alpha")
+    async with echo_pipeline(clean.valkey_url) as (pipeline, script):
+        spy = WireSpy(monkeypatch, pipeline._client)
+        results = await asyncio.gather(
+            pipeline.command("GET", "plain:a"),
+            echo(pipeline, script, "lua"),
+            pipeline.command("GET", "plain:missing"),
+            pipeline.command("SET", "plain:b", "beta"),
+        )
+        assert list(results) == ["alpha", "lua", None, "OK"]  # raw replies, no callbacks
+        assert spy.writes == [1]  # one write: the EVALSHA travelled with the three commands
+        assert await valkey.get("plain:b") == "beta"
+
+
+async def test_concurrent_beacon_polls_read_the_snapshot_in_one_batch(
+    inst: Instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await online_mitra(inst)
+    first = await inst.client.get("/api/availability")  # computes and stores the snapshot
+    assert first.status_code == 200, first.text
+    sent: list[tuple[Any, ...]] = []
+    round_trip = inst.ctx.mirror.batched._round_trip
+
+    async def counted(commands: list[tuple[Any, ...]]) -> list[Any]:
+        sent.append(tuple(c[0] for c in commands))
+        return await round_trip(commands)
+
+    monkeypatch.setattr(inst.ctx.mirror.batched, "_round_trip", counted)
+
+    polls = await asyncio.gather(*(inst.client.get("/api/availability") for _ in range(6)))
+
+    assert [p.json() for p in polls] == [first.json()] * 6
+    assert sent == [("GET",) * 6]
+
+
 # -- NOSCRIPT ------------------------------------------------------------------------
 
 

@@ -22,12 +22,15 @@ from valkey.exceptions import NoScriptError, ResponseError
 
 from .wire import on_connection
 
-_Call = tuple[Any, Sequence[str], Sequence[str], "asyncio.Future[Any]"]
+# (script, keys, args, future) for a Lua call; (None, command, (), future) for a command.
+_Call = tuple[Any, Sequence[Any], Sequence[str], "asyncio.Future[Any]"]
 
 
 class AutoPipeline:
-    """Batches EVALSHA calls of registered scripts (`client.register_script`) over
-    `client`, which it owns; `timeout` bounds each batch's round trip."""
+    """Batches EVALSHA calls of registered scripts (`client.register_script`) and plain
+    commands over `client`, which it owns; `timeout` bounds each batch's round trip.
+    Everything sent through it must be idempotent: a batch whose connection dropped is
+    sent again once."""
 
     def __init__(self, client: Any, *, timeout: float, max_batch: int = 512) -> None:
         self._client = client
@@ -38,6 +41,15 @@ class AutoPipeline:
         self._scheduled = False
 
     async def call(self, script: Any, keys: Sequence[str], args: Sequence[str]) -> Any:
+        """EVALSHA of `script` (NOSCRIPT is handled: the script is loaded and run again)."""
+        return await self._enqueue(script, keys, args)
+
+    async def command(self, *command: Any) -> Any:
+        """One plain command, e.g. the beacon's GET of the shared snapshot. Its raw reply:
+        valkey-py's response callbacks are not applied (a SET answers "OK", not True)."""
+        return await self._enqueue(None, command, ())
+
+    async def _enqueue(self, script: Any, keys: Sequence[Any], args: Sequence[str]) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((script, keys, args, future))
@@ -59,7 +71,8 @@ class AutoPipeline:
         if not live:
             return
         commands = [
-            ("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args, _ in live
+            ("EVALSHA", script.sha, len(keys), *keys, *args) if script else tuple(keys)
+            for script, keys, args, _ in live
         ]
         try:
             async with asyncio.timeout(self._timeout):
@@ -76,7 +89,7 @@ class AutoPipeline:
         for (script, keys, args, future), reply in zip(live, replies, strict=True):
             if future.done():
                 continue
-            if isinstance(reply, NoScriptError):
+            if script and isinstance(reply, NoScriptError):
                 # Valkey restarted and lost its script cache: valkey-py's Script object
                 # loads it again. Rare (a restart also triggers a reseed), so one by one.
                 self._retry_alone(script, keys, args, future)

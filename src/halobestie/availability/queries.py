@@ -98,9 +98,13 @@ async def _read_loads(conn: Any, ids: list[str], keys: Keys, cutoff: str) -> dic
     for n, chunk in enumerate(chunks, 1):
         heartbeats = await conn.read_response()
         capacities = await conn.read_response()
-        for mitra_id, heartbeat, capacity in zip(chunk, heartbeats, capacities, strict=True):
-            if heartbeat is not None and heartbeat > cutoff:
-                pool[mitra_id] = int(capacity) if capacity else 0
+        pool.update(
+            {
+                mitra_id: int(capacity) if capacity else 0
+                for mitra_id, heartbeat, capacity in zip(chunk, heartbeats, capacities, strict=True)
+                if heartbeat is not None and heartbeat > cutoff
+            }
+        )
         if n % YIELD_EVERY == 0:
             await asyncio.sleep(0)
     return pool
