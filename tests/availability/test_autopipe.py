@@ -348,6 +348,8 @@ async def test_a_black_holed_batch_of_heartbeats_each_falls_back_to_postgres_in_
     deactivated = await deactivated_mitra(inst)
     if pooled:
         assert (await heartbeat(inst, online[0])).status_code == 200
+    else:  # going online wrote through the same connections: start without any
+        await inst.ctx.mirror.batched._client.connection_pool.disconnect()
     was = await last_heartbeat_at(pg, deactivated)
     spy = await spy_on_heartbeats(monkeypatch, inst)
 

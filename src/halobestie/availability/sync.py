@@ -10,7 +10,9 @@ statements per write, on paths that are not hot (toggles, session transitions).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -55,25 +57,24 @@ async def recompute_capacity(ctx: Context, mitra_id: UUID) -> bool:
 
 
 async def _apply(ctx: Context, client: Client, rows: Sequence[asyncpg.Record]) -> None:
+    """One Lua call per mitra, all issued at once so the auto-pipeline sends them in one
+    write (a Pipeline with a registered script asked SCRIPT EXISTS first: a second round
+    trip inside the mitras' locks on every write-through)."""
     keys = ctx.keys
-    async with client.pipeline(transaction=False) as pipe:
-        for row in rows:
-            mitra_id = str(row["id"])
-            heartbeat = row["last_heartbeat_at"]
-            await ctx.scripts.apply_mitra(
-                keys=[
-                    keys.online,
-                    keys.deactivated,
-                    keys.heartbeat(mitra_id),
-                    keys.capacity(mitra_id),
-                ],
-                args=[
-                    mitra_id,
-                    "1" if row["is_online"] else "0",
-                    "1" if row["is_active"] else "0",
-                    iso(heartbeat) if heartbeat is not None else "",
-                    str(row["capacity"]),
-                ],
-                client=pipe,
-            )
-        await pipe.execute()
+
+    def apply(row: asyncpg.Record) -> Any:
+        mitra_id = str(row["id"])
+        heartbeat = row["last_heartbeat_at"]
+        return ctx.mirror.batched.call(
+            ctx.scripts.apply_mitra,
+            [keys.online, keys.deactivated, keys.heartbeat(mitra_id), keys.capacity(mitra_id)],
+            [
+                mitra_id,
+                "1" if row["is_online"] else "0",
+                "1" if row["is_active"] else "0",
+                iso(heartbeat) if heartbeat is not None else "",
+                str(row["capacity"]),
+            ],
+        )
+
+    await asyncio.gather(*(apply(row) for row in rows))
