@@ -84,5 +84,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("ALTER TABLE chat_sessions DROP COLUMN pairing_request_id, DROP COLUMN closed_at;")
-    op.execute("DROP TABLE timers, payments, chat_session_events, pairing_offers, pairing_requests")
+    op.execute(
+        "ALTER TABLE chat_sessions DROP COLUMN pairing_request_id, DROP COLUMN closed_at;"
+    )
+    op.execute("DROP TABLE timers, payments, chat_session_events, pairing_offers,"
+               " pairing_requests")
