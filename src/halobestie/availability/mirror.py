@@ -95,9 +95,10 @@ class Mirror:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.client = self._connect(url, operation_timeout, per_read_timeout=True)
-        # The heartbeat's Lua call is auto-pipelined (see autopipe.py) over its own
-        # connections, which time out per batch, not per reply: valkey-py arms an
-        # asyncio timer for every reply it reads, measured at 9 % of a heartbeat's CPU.
+        # The heartbeat's Lua call, the beacon's GET and the write-through's Lua calls are
+        # auto-pipelined (autopipe.py) over their own connections, which time out per
+        # batch, not per reply: valkey-py arms an asyncio timer for every reply it reads,
+        # measured at 9 % of a heartbeat's CPU.
         self.batched = AutoPipeline(
             self._connect(url, operation_timeout, per_read_timeout=False),
             timeout=operation_timeout,

@@ -21,7 +21,6 @@ from ..clock import iso
 from ..context import Context
 from ..logs import get_logger
 from . import locks
-from .mirror import Client
 
 log = get_logger(__name__)
 
@@ -46,7 +45,7 @@ async def sync_mitras(ctx: Context, mitra_ids: Sequence[UUID]) -> bool:
         await conn.execute(locks.LOCK_MITRAS, locks.NAMESPACE, locks.SEED, ids)
         try:
             rows = await conn.fetch(STATE_SQL, ids)
-            return await ctx.mirror.write("sync_mitras", lambda c: _apply(ctx, c, rows))
+            return await ctx.mirror.write("sync_mitras", lambda _: _apply(ctx, rows))
         finally:
             await conn.execute(locks.UNLOCK_MITRAS, locks.NAMESPACE, locks.SEED, ids)
 
@@ -56,7 +55,7 @@ async def recompute_capacity(ctx: Context, mitra_id: UUID) -> bool:
     return await sync_mitras(ctx, [mitra_id])
 
 
-async def _apply(ctx: Context, client: Client, rows: Sequence[asyncpg.Record]) -> None:
+async def _apply(ctx: Context, rows: Sequence[asyncpg.Record]) -> None:
     """One Lua call per mitra, all issued at once so the auto-pipeline sends them in one
     write (a Pipeline with a registered script asked SCRIPT EXISTS first: a second round
     trip inside the mitras' locks on every write-through)."""
