@@ -29,7 +29,7 @@ from ..errors import DomainError
 from ..logs import get_logger
 from .auth import principal_from_header
 from .errors import UNEXPECTED_ERROR, UNREACHABLE_ERROR, domain_error, method_not_allowed
-from .limits import MAX_BODY_BYTES
+from .limits import announces_too_large
 
 log = get_logger(__name__)
 
@@ -64,8 +64,7 @@ class HotPath:
     def handles(self, scope: Scope) -> bool:
         if scope["type"] != "http" or scope["path"] not in self.PATHS:
             return False
-        length = _header(scope, b"content-length")
-        return length is None or not length.isdigit() or int(length) <= MAX_BODY_BYTES
+        return not announces_too_large(scope)
 
     async def __call__(self, scope: Scope, send: Send) -> None:
         if scope["path"] == HEARTBEAT_PATH:

@@ -19,6 +19,19 @@ class _TooLarge(HTTPException):
         super().__init__(413, f"request bodies are limited to {max_bytes} bytes")
 
 
+def announces_too_large(scope: Scope, max_bytes: int = MAX_BODY_BYTES) -> bool:
+    """Any Content-Length over the limit (an unparsable one is left to the streaming
+    count)."""
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                if int(value) > max_bytes:
+                    return True
+            except ValueError:
+                pass
+    return False
+
+
 class BodyLimitMiddleware:
     def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
         self.app = app
@@ -28,15 +41,9 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    too_big = int(value) > self.max_bytes
-                except ValueError:
-                    too_big = False
-                if too_big:
-                    await self._refuse(send)
-                    return
+        if announces_too_large(scope, self.max_bytes):
+            await self._refuse(send)
+            return
         seen = 0
         started = False
 
