@@ -25,16 +25,21 @@ from halobestie.clock import iso
 from tests.api.test_bad_input import assert_error
 from tests.conftest import TEST_JWT_SECRET, Instance
 from tests.factories import Person, make_user
+from tests.failures.helpers import online_mitra
 
 HEARTBEAT = "/api/mitra/status/heartbeat"
 BEACON = "/api/availability"
 
 
-async def online_mitra(inst: Instance) -> Person:
-    mitra = await make_user(inst.ctx, "mitra")
-    r = await inst.client.post("/api/mitra/status/online", headers=mitra.headers)
+def assert_heartbeat_answer(inst: Instance, r: httpx.Response, now: datetime) -> None:
+    """200 with the contract's body, in the very bytes Starlette's JSONResponse sends."""
     assert r.status_code == 200, r.text
-    return mitra
+    assert r.json() == {
+        "is_online": True,
+        "at": iso(now),
+        "next_heartbeat_in_seconds": interval(inst),
+    }
+    assert r.content == as_starlette_would_send(r.json())
 
 
 def interval(inst: Instance) -> int:
@@ -189,13 +194,7 @@ async def test_a_heartbeat_with_a_body_of_exactly_64_kib_is_answered(
     mitra = await online_mitra(inst)
     now = inst.clock.advance(5)
     r = await inst.client.post(HEARTBEAT, content=b"x" * MAX_BODY_BYTES, headers=mitra.headers)
-    assert r.status_code == 200, r.text
-    assert r.json() == {
-        "is_online": True,
-        "at": iso(now),
-        "next_heartbeat_in_seconds": interval(inst),
-    }
-    assert r.content == as_starlette_would_send(r.json())
+    assert_heartbeat_answer(inst, r, now)
     assert await valkey.get(inst.ctx.keys.heartbeat(mitra.id)) == iso(now)
 
 
@@ -381,13 +380,7 @@ async def test_heartbeat_answers_json_as_starlette_would(inst: Instance) -> None
     mitra = await online_mitra(inst)
     now = inst.clock.advance(5)
     r: httpx.Response = await inst.client.post(HEARTBEAT, headers=mitra.headers)
-    assert r.status_code == 200, r.text
-    assert r.json() == {
-        "is_online": True,
-        "at": iso(now),
-        "next_heartbeat_in_seconds": interval(inst),
-    }
-    assert r.content == as_starlette_would_send(r.json())
+    assert_heartbeat_answer(inst, r, now)
     assert r.headers["content-type"] == "application/json"
     assert r.headers["content-length"] == str(len(r.content))
     assert "cache-control" not in r.headers
