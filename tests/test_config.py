@@ -77,6 +77,7 @@ def test_a_valid_environment_loads_with_the_documented_defaults(env: pytest.Monk
     assert s.env == "production" and not s.is_dev
     assert s.access_token_ttl_seconds == 900
     assert s.refresh_token_ttl_seconds == 2_592_000
+    assert s.refresh_reuse_leeway_seconds == 10
     assert s.heartbeat_interval_seconds == 20
     assert s.heartbeat_stale_seconds == 60
     assert s.availability_snapshot_ttl_seconds == 10
@@ -115,6 +116,17 @@ def test_bad_counts_are_refused_naming_the_variable(
 ) -> None:
     env.setenv(variable, value)
     refused(variable)
+
+
+@pytest.mark.parametrize("value", ["ten", "", "-1", "1.5"])
+def test_a_bad_refresh_reuse_leeway_is_refused(env: pytest.MonkeyPatch, value: str) -> None:
+    env.setenv("REFRESH_REUSE_LEEWAY_SECONDS", value)
+    refused("REFRESH_REUSE_LEEWAY_SECONDS")
+
+
+def test_a_zero_refresh_reuse_leeway_turns_the_window_off(env: pytest.MonkeyPatch) -> None:
+    env.setenv("REFRESH_REUSE_LEEWAY_SECONDS", "0")
+    assert load_settings().refresh_reuse_leeway_seconds == 0
 
 
 def test_one_second_durations_are_accepted(env: pytest.MonkeyPatch) -> None:

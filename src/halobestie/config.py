@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     Field,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     ValidationError,
@@ -63,6 +64,12 @@ class Settings(DatabaseSettings):
     access_token_ttl_seconds: PositiveInt = Field(default=900, alias="ACCESS_TOKEN_TTL_SECONDS")
     refresh_token_ttl_seconds: PositiveInt = Field(
         default=2_592_000, alias="REFRESH_TOKEN_TTL_SECONDS"
+    )
+    # A rotated refresh token presented again this soon answers with the pair its rotation
+    # issued (concurrent tabs, a retry after a lost response); later it is taken as theft.
+    # 0 turns the window off: every replay revokes the login.
+    refresh_reuse_leeway_seconds: NonNegativeInt = Field(
+        default=10, alias="REFRESH_REUSE_LEEWAY_SECONDS"
     )
     heartbeat_interval_seconds: PositiveInt = Field(default=20, alias="HEARTBEAT_INTERVAL_SECONDS")
     heartbeat_stale_seconds: PositiveInt = Field(default=60, alias="HEARTBEAT_STALE_SECONDS")

@@ -175,13 +175,79 @@ async def test_reusing_a_rotated_refresh_token_ends_that_auth_session(inst: Inst
     other_login = (await login(inst.client, mitra.user.email)).json()
     first = (await refresh(inst.client, mitra.refresh_token)).json()
     newest = (await refresh(inst.client, first["refresh_token"])).json()
-    # An old token presented again: theft is assumed, and the whole login ends.
+    # A token older than the one the latest rotation replaced, presented again (even
+    # within the reuse leeway): theft is assumed, and the whole login ends.
     assert_error(await refresh(inst.client, mitra.refresh_token), 401, "invalid_token")
     assert_error(await refresh(inst.client, newest["refresh_token"]), 401, "invalid_token")
     assert_error(await mitra_status(inst.client, newest["access_token"]), 401, "invalid_token")
     # The same person's other login is a different auth session and keeps working.
     assert (await mitra_status(inst.client, other_login["access_token"])).status_code == 200
     assert (await refresh(inst.client, other_login["refresh_token"])).status_code == 200
+
+
+async def test_twenty_concurrent_refreshes_of_one_token_get_one_pair_and_stay_logged_in(
+    inst: Instance, pg: asyncpg.Connection
+) -> None:
+    mitra = await make_user(inst.ctx, "mitra")
+    answers = await asyncio.gather(*(refresh(inst.client, mitra.refresh_token) for _ in range(20)))
+
+    assert [r.status_code for r in answers] == [200] * 20, [r.text for r in answers]
+    pairs = {(r.json()["access_token"], r.json()["refresh_token"]) for r in answers}
+    assert len(pairs) == 1, pairs
+    ((access, refresh_token),) = pairs
+    assert refresh_token != mitra.refresh_token
+    assert await pg.fetchval("SELECT count(*) FROM auth_sessions WHERE revoked_at IS NULL") == 1
+    assert (await mitra_status(inst.client, access)).status_code == 200
+    assert (await refresh(inst.client, refresh_token)).status_code == 200
+
+
+async def test_a_replay_at_the_end_of_the_reuse_leeway_answers_with_the_rotation_pair(
+    make_app: AppFactory,
+) -> None:
+    async with make_app(REFRESH_REUSE_LEEWAY_SECONDS=10, ACCESS_TOKEN_TTL_SECONDS=60) as inst:
+        mitra = await make_user(inst.ctx, "mitra")
+        rotated = (await refresh(inst.client, mitra.refresh_token)).json()
+        inst.clock.advance(10)
+
+        r = await refresh(inst.client, mitra.refresh_token)
+
+        assert r.status_code == 200, r.text
+        again = r.json()
+        assert again["access_token"] == rotated["access_token"]
+        assert again["refresh_token"] == rotated["refresh_token"]
+        assert again["expires_in"] == 50  # what is left of that access token
+        assert (await mitra_status(inst.client, again["access_token"])).status_code == 200
+        # Answering the replay did not rotate again: the pair it gave still refreshes.
+        r = await refresh(inst.client, again["refresh_token"])
+        assert r.status_code == 200, r.text
+        assert r.json()["refresh_token"] not in (again["refresh_token"], mitra.refresh_token)
+
+
+@pytest.mark.parametrize(("leeway", "late_by"), [(10, 10.001), (0, 0.001)])
+async def test_a_replay_after_the_reuse_leeway_ends_the_whole_login(
+    make_app: AppFactory, pg: asyncpg.Connection, leeway: int, late_by: float
+) -> None:
+    async with make_app(REFRESH_REUSE_LEEWAY_SECONDS=leeway) as inst:
+        mitra = await make_user(inst.ctx, "mitra")
+        rotated = (await refresh(inst.client, mitra.refresh_token)).json()
+        inst.clock.advance(late_by)
+
+        assert_error(await refresh(inst.client, mitra.refresh_token), 401, "invalid_token")
+
+        assert_error(await refresh(inst.client, rotated["refresh_token"]), 401, "invalid_token")
+        assert_error(await mitra_status(inst.client, rotated["access_token"]), 401, "invalid_token")
+        reason = await pg.fetchval("SELECT revoked_reason FROM auth_sessions")
+        assert reason == "refresh_reuse"
+
+
+async def test_a_replay_within_the_leeway_is_refused_once_the_login_is_ended(
+    inst: Instance,
+) -> None:
+    mitra = await make_user(inst.ctx, "mitra")
+    rotated = (await refresh(inst.client, mitra.refresh_token)).json()
+    r = await inst.client.post("/api/auth/logout", headers=bearer(rotated["access_token"]))
+    assert r.status_code == 204, r.text
+    assert_error(await refresh(inst.client, mitra.refresh_token), 401, "invalid_token")
 
 
 async def test_refresh_token_expires_after_its_ttl(make_app: AppFactory) -> None:
@@ -372,7 +438,13 @@ async def test_passwords_and_tokens_never_reach_the_logs(clean: Servers) -> None
             rotated = await refresh(client, r.json()["refresh_token"])
             assert rotated.status_code == 200
             secrets += [rotated.json()["access_token"], rotated.json()["refresh_token"]]
-            # Presenting the replaced refresh token again is logged as a warning.
+            # Within the reuse leeway, the replaced token answers with the same pair.
+            replayed = await refresh(client, r.json()["refresh_token"])
+            assert replayed.json()["refresh_token"] == rotated.json()["refresh_token"]
+            twice = await refresh(client, rotated.json()["refresh_token"])
+            assert twice.status_code == 200
+            secrets += [twice.json()["access_token"], twice.json()["refresh_token"]]
+            # A token older than the last one replaced is reuse, logged as a warning.
             assert (await refresh(client, r.json()["refresh_token"])).status_code == 401
             garbled = await client.get("/api/mitra/status", headers=bearer(secrets[3] + "x"))
             assert garbled.status_code == 401

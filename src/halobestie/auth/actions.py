@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 from uuid import UUID
@@ -22,6 +22,7 @@ from .tokens import (
     new_refresh_token,
     same_hash,
     split_refresh_token,
+    successor_refresh_token,
 )
 
 log = get_logger(__name__)
@@ -124,14 +125,19 @@ async def do_login(ctx: Context, *, email: str, password: str, now: datetime) ->
 
 
 async def do_refresh_session(ctx: Context, *, refresh_token: str, now: datetime) -> Login:
-    """Rotation: the presented token is replaced; presenting a replaced token again is
-    treated as theft and ends the whole auth session."""
+    """Rotation: the presented token is replaced by its successor (`tokens.successor_
+    refresh_token`). The replaced token presented again within REFRESH_REUSE_LEEWAY_SECONDS
+    of that rotation (racing tabs, a retry after a lost response) answers with the same
+    pair the rotation issued; any other stale token, or that one later, is taken as theft
+    and ends the whole auth session. InvalidToken (401) for a revoked, expired, unknown or
+    reused token; AccountDeactivated (403) for a deactivated mitra."""
     session_id = split_refresh_token(refresh_token)
     presented = hash_refresh_token(refresh_token)
-    new_token, new_hash = new_refresh_token(session_id)
+    secret = ctx.settings.jwt_secret
+    new_token, new_hash = successor_refresh_token(secret, refresh_token, session_id)
     async with ctx.db.transaction() as conn:
         row = await conn.fetchrow(
-            "SELECT s.refresh_token_hash, s.expires_at, s.revoked_at,"
+            "SELECT s.refresh_token_hash, s.refreshed_at, s.expires_at, s.revoked_at,"
             " u.id, u.email, u.display_name, u.role, m.is_active"
             " FROM auth_sessions s JOIN users u ON u.id = s.user_id"
             " LEFT JOIN mitras m ON m.id = u.id WHERE s.id = $1 FOR UPDATE OF s",
@@ -143,27 +149,41 @@ async def do_refresh_session(ctx: Context, *, refresh_token: str, now: datetime)
             raise InvalidToken("refresh token expired; log in again")
         if row["is_active"] is False:
             raise AccountDeactivated("this mitra account is deactivated; contact an admin")
-        if not same_hash(row["refresh_token_hash"], presented):
-            await conn.execute(
-                "UPDATE auth_sessions SET revoked_at = $2, revoked_reason = 'refresh_reuse'"
-                " WHERE id = $1",
-                session_id,
-                now,
-            )
-            log.warning("refresh_token_reuse", auth_session=str(session_id))
-            reuse = True
-        else:
-            reuse = False
+        user = User(row["id"], row["email"], row["display_name"], row["role"])
+        if same_hash(row["refresh_token_hash"], presented):
             await conn.execute(
                 "UPDATE auth_sessions SET refresh_token_hash = $2, refreshed_at = $3 WHERE id = $1",
                 session_id,
                 new_hash,
                 now,
             )
-    if reuse:
-        raise InvalidToken("refresh token already used; this login has been ended")
-    user = User(row["id"], row["email"], row["display_name"], row["role"])
-    return _login(ctx, user, session_id, new_token, now)
+            return _login(ctx, user, session_id, new_token, now)
+        rotated_at: datetime | None = row["refreshed_at"]
+        # Capped by the access token's lifetime: past it, the pair cannot be served again.
+        leeway = min(
+            ctx.settings.refresh_reuse_leeway_seconds, ctx.settings.access_token_ttl_seconds - 1
+        )
+        if (
+            rotated_at is not None
+            and now - rotated_at <= timedelta(seconds=leeway)
+            # The current hash is the successor of the presented token: it is the one
+            # the latest rotation replaced, not an older one nor a guess.
+            and same_hash(row["refresh_token_hash"], new_hash)
+        ):
+            log.info("refresh_token_replay_within_leeway", auth_session=str(session_id))
+            # Issued as of the rotation, so the access token is the same bytes too.
+            login = _login(ctx, user, session_id, new_token, rotated_at)
+            elapsed = int(now.timestamp()) - int(rotated_at.timestamp())
+            return replace(login, expires_in=login.expires_in - elapsed)
+        await conn.execute(
+            "UPDATE auth_sessions SET revoked_at = $2, revoked_reason = 'refresh_reuse'"
+            " WHERE id = $1",
+            session_id,
+            now,
+        )
+    # Raised after the transaction, so the revocation commits.
+    log.warning("refresh_token_reuse", auth_session=str(session_id))
+    raise InvalidToken("refresh token already used; this login has been ended")
 
 
 async def do_logout(ctx: Context, principal: Principal, now: datetime) -> None:

@@ -1,8 +1,10 @@
 """JWT access tokens (HS256 pinned: a token naming another algorithm is refused) and
-opaque refresh tokens (`<auth session id>.<secret>`, stored as a SHA-256 hash)."""
+opaque refresh tokens (`<auth session id>.<secret>`, stored as a SHA-256 hash; a login's
+first secret is random, each rotation's is derived from the token it replaces)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -85,6 +87,18 @@ def new_refresh_token(session_id: UUID) -> tuple[str, str]:
     secret = secrets.token_urlsafe(32)
     token = f"{session_id}.{secret}"
     return token, hash_refresh_token(token)
+
+
+def successor_refresh_token(secret: str, token: str, session_id: UUID) -> tuple[str, str]:
+    """(token, hash) that a rotation of `token` issues: HMAC-SHA256 of the presented token
+    under a key derived from JWT_SECRET, so it is as unguessable as a random secret to
+    anyone without that key, yet re-derivable. That is what lets a replay within
+    REFRESH_REUSE_LEEWAY_SECONDS answer with the very pair the rotation issued, and prove
+    it is the *immediate* predecessor, with nothing but the hash stored."""
+    key = hmac.new(secret.encode(), b"halobestie/refresh-successor/v1", hashlib.sha256).digest()
+    digest = hmac.new(key, token.encode(), hashlib.sha256).digest()
+    successor = f"{session_id}.{base64.urlsafe_b64encode(digest).rstrip(b'=').decode()}"
+    return successor, hash_refresh_token(successor)
 
 
 def hash_refresh_token(token: str) -> str:
