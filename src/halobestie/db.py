@@ -27,6 +27,10 @@ UNREACHABLE: tuple[type[Exception], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
 )
+# asyncpg's refusal to encode a query argument (a str with a lone surrogate, a value of
+# the wrong type): the caller's input, not an outage. It subclasses InterfaceError, so
+# `connection` lets it through before catching UNREACHABLE; api/errors.py answers it 422.
+InvalidArgument = asyncpg.exceptions._base.DataError
 
 
 class Database:
@@ -69,6 +73,8 @@ class Database:
         try:
             async with pool.acquire(timeout=self._timeout) as conn:
                 yield conn
+        except InvalidArgument:
+            raise
         except UNREACHABLE as exc:
             await pool.expire_connections()
             log.warning("postgres_unreachable", error=type(exc).__name__)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from .. import errors as e
-from ..db import UNREACHABLE
+from ..db import UNREACHABLE, InvalidArgument
 from ..logs import get_logger
 
 log = get_logger(__name__)
@@ -92,6 +93,9 @@ async def _domain(_: Request, exc: Exception) -> JSONResponse:
 
 def _describe(err: dict[str, Any]) -> str:
     where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+    # A field name is the client's text: one holding a lone surrogate must not make the
+    # answer itself unencodable (a 500 from JSONResponse).
+    where = where.encode("utf-8", "backslashreplace").decode()
     return f"{where}: {err.get('msg', 'invalid')}"
 
 
@@ -113,6 +117,23 @@ async def _unreachable(_: Request, exc: Exception) -> JSONResponse:
     return _respond(UNREACHABLE_ERROR)
 
 
+# A database error the client caused: Postgres' data exceptions (SQLSTATE class 22:
+# NUL in text, a malformed or out-of-range value, a string too long for its column) and
+# asyncpg refusing to encode an argument (a lone surrogate). The body types refuse these
+# up front (bodies.Text); this is the net behind them, so it is logged as a gap to close.
+CLIENT_DATA_ERRORS: tuple[type[Exception], ...] = (asyncpg.DataError, InvalidArgument)
+CLIENT_DATA_ERROR: Described = (
+    422,
+    {"error": "invalid_request", "detail": "a value in this request cannot be stored"},
+    {},
+)
+
+
+async def _client_data(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("client_data_error", path=request.url.path, error=type(exc).__name__)
+    return _respond(CLIENT_DATA_ERROR)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled_error", path=request.url.path, error=type(exc).__name__, exc_info=exc)
     return _respond(UNEXPECTED_ERROR)
@@ -124,4 +145,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http)
     for cls in UNREACHABLE:
         app.add_exception_handler(cls, _unreachable)
+    # Registered for the exact classes: InvalidArgument is also an InterfaceError, and
+    # Starlette picks the handler of the nearest class in the exception's MRO.
+    for cls in CLIENT_DATA_ERRORS:
+        app.add_exception_handler(cls, _client_data)
     app.add_exception_handler(Exception, _unexpected)

@@ -19,13 +19,15 @@ from pydantic import StringConstraints, ValidationError
 from ...errors import InvalidRequest, InvalidSignature
 from ...sessions.actions import do_pay_session
 from ...sessions.transitions import public_session
-from ..bodies import Strict
+from ..bodies import Storable, Strict
 from ..deps import CtxDep, NowDep
 
 router = APIRouter(prefix="/api/payments", tags=["payments"])
 
 # Provider references: 1-200 printable ASCII characters, no spaces.
-Reference = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[!-~]+$")]
+Reference = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[!-~]+$"), Storable
+]
 
 
 class PaymentWebhookBody(Strict):
