@@ -8,6 +8,7 @@ from datetime import datetime
 from importlib import resources
 from typing import Any
 
+from .availability.flight import BeaconLocal
 from .availability.keys import Keys
 from .availability.mirror import Mirror
 from .clock import Clock
@@ -53,3 +54,5 @@ class Context:
     # aggregate per customer poll during an outage. (expires at, snapshot)
     fallback_beacon: tuple[datetime, dict[str, Any]] | None = field(default=None)
     fallback_beacon_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The beacon's single flight on a snapshot miss, and its lease sizing (beacon.py).
+    beacon_local: BeaconLocal = field(default_factory=BeaconLocal)

@@ -139,7 +139,7 @@ async def test_two_instances_compute_one_snapshot_for_fifty_concurrent_requests(
         assert scraped == after
         # No instance fell back to an uncached or Postgres computation.
         for i in (one, two):
-            assert metric(i.ctx, COMPUTATIONS, source="valkey_uncached") == 0
+            assert metric(i.ctx, COMPUTATIONS, source="valkey_unlocked") == 0
             assert metric(i.ctx, COMPUTATIONS, source="postgres") == 0
 
 

@@ -264,5 +264,5 @@ async def _snapshot_computations(inst: Instance) -> dict[str, float]:
         source: await metric_sum(
             inst, "halobestie_availability_snapshot_computations_total", source=source
         )
-        for source in ("valkey", "valkey_uncached", "postgres")
+        for source in ("valkey", "valkey_unlocked", "postgres")
     }

@@ -16,6 +16,9 @@ HEARTBEAT = "mitra:heartbeat:"
 SNAPSHOT = "availability:snapshot"
 # Not in the contract table; internal bookkeeping of the engine.
 SNAPSHOT_LOCK = "availability:snapshot:lock"
+# The last snapshot stored, kept longer than its TTL: served (stale, marked by its
+# computed_at) while another instance computes the next one.
+SNAPSHOT_LAST = "availability:snapshot:last"
 SEED_TMP = "mitras:seed-tmp:"
 SEEDED = "availability:seeded"
 EVENTS = "events:users"
@@ -59,6 +62,10 @@ class Keys:
     @property
     def snapshot_lock(self) -> str:
         return self.prefix + SNAPSHOT_LOCK
+
+    @property
+    def snapshot_last(self) -> str:
+        return self.prefix + SNAPSHOT_LAST
 
     def seed_tmp(self, name: str) -> str:
         return f"{self.prefix}{SEED_TMP}{name}"
