@@ -39,9 +39,15 @@ FLOAT_DURATIONS = [
 ]
 DURATIONS = INT_DURATIONS + FLOAT_DURATIONS
 COUNTS = ["MITRA_MAX_CONCURRENT_SESSIONS", "PAIRING_FANOUT", "DATABASE_POOL_SIZE"]
+# Optional durations, ordered against DATABASE_TIMEOUT_SECONDS and each other.
+DATABASE_BOUNDS = [
+    "DATABASE_STATEMENT_TIMEOUT_SECONDS",
+    "DATABASE_LOCK_TIMEOUT_SECONDS",
+    "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS",
+]
 ALL_VARIABLES = [
     "DATABASE_URL", "VALKEY_URL", "VALKEY_KEY_PREFIX", "JWT_SECRET", "PAYMENT_WEBHOOK_SECRET",
-    "HALOBESTIE_ENV", "SWEEPS_ENABLED", "LOG_LEVEL", *DURATIONS, *COUNTS,
+    "HALOBESTIE_ENV", "SWEEPS_ENABLED", "LOG_LEVEL", *DURATIONS, *COUNTS, *DATABASE_BOUNDS,
 ]  # fmt: skip
 VALID = {
     "DATABASE_URL": "postgresql://app:pw@db.internal:5432/halobestie",
@@ -127,6 +133,61 @@ def test_a_bad_refresh_reuse_leeway_is_refused(env: pytest.MonkeyPatch, value: s
 def test_a_zero_refresh_reuse_leeway_turns_the_window_off(env: pytest.MonkeyPatch) -> None:
     env.setenv("REFRESH_REUSE_LEEWAY_SECONDS", "0")
     assert load_settings().refresh_reuse_leeway_seconds == 0
+
+
+@pytest.mark.parametrize(
+    ("timeout", "statement", "lock", "idle"),
+    [(None, 4, 3, 2), ("10", 8, 6, 4), ("1", 0.8, 0.6, 0.4)],
+)
+def test_the_database_bounds_follow_the_database_timeout_by_default(
+    env: pytest.MonkeyPatch, timeout: str | None, statement: float, lock: float, idle: float
+) -> None:
+    if timeout is not None:
+        env.setenv("DATABASE_TIMEOUT_SECONDS", timeout)
+    s = load_settings()
+    assert s.statement_timeout_bound == pytest.approx(statement)
+    assert s.lock_timeout_bound == pytest.approx(lock)
+    assert s.idle_in_transaction_bound == pytest.approx(idle)
+
+
+def test_database_bounds_that_are_set_win(env: pytest.MonkeyPatch) -> None:
+    env.setenv("DATABASE_STATEMENT_TIMEOUT_SECONDS", "4.5")
+    env.setenv("DATABASE_LOCK_TIMEOUT_SECONDS", "1")
+    env.setenv("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS", "0.5")
+    s = load_settings()
+    assert (s.statement_timeout_bound, s.lock_timeout_bound) == (4.5, 1)
+    assert s.idle_in_transaction_bound == 0.5
+
+
+@pytest.mark.parametrize("variable", DATABASE_BOUNDS)
+@pytest.mark.parametrize("value", ["ten", "", "0", "-1", "nan", "inf"])
+def test_bad_database_bounds_are_refused_naming_the_variable(
+    env: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    env.setenv(variable, value)
+    refused(variable)
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        # Postgres must give up before the client does, or its answer is never heard.
+        ({"DATABASE_STATEMENT_TIMEOUT_SECONDS": "5"}, "DATABASE_STATEMENT_TIMEOUT_SECONDS"),
+        ({"DATABASE_LOCK_TIMEOUT_SECONDS": "6"}, "DATABASE_LOCK_TIMEOUT_SECONDS"),
+        ({"DATABASE_TIMEOUT_SECONDS": "3", "DATABASE_STATEMENT_TIMEOUT_SECONDS": "4"},
+         "DATABASE_STATEMENT_TIMEOUT_SECONDS"),
+        # A lock waiter must outlast a stalled holder, whom Postgres cuts off.
+        ({"DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS": "3"},
+         "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS"),
+        ({"DATABASE_LOCK_TIMEOUT_SECONDS": "1"}, "DATABASE_LOCK_TIMEOUT_SECONDS"),
+    ],
+)  # fmt: skip
+def test_database_bounds_out_of_order_are_refused_naming_the_variable(
+    env: pytest.MonkeyPatch, settings: dict[str, str], named: str
+) -> None:
+    for variable, value in settings.items():
+        env.setenv(variable, value)
+    refused(named)
 
 
 def test_one_second_durations_are_accepted(env: pytest.MonkeyPatch) -> None:

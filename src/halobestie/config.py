@@ -103,6 +103,17 @@ class Settings(DatabaseSettings):
     )
     database_timeout_seconds: Seconds = Field(default=5.0, alias="DATABASE_TIMEOUT_SECONDS")
     database_pool_size: PositiveInt = Field(default=10, alias="DATABASE_POOL_SIZE")
+    # Bounds Postgres enforces on every app connection (db.Bounds). Unset, they follow
+    # DATABASE_TIMEOUT_SECONDS (see the `*_bound` properties for the ratios and why).
+    database_statement_timeout_seconds: Seconds | None = Field(
+        default=None, alias="DATABASE_STATEMENT_TIMEOUT_SECONDS"
+    )
+    database_lock_timeout_seconds: Seconds | None = Field(
+        default=None, alias="DATABASE_LOCK_TIMEOUT_SECONDS"
+    )
+    database_idle_in_transaction_timeout_seconds: Seconds | None = Field(
+        default=None, alias="DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS"
+    )
     valkey_mirror_enabled: bool = Field(default=True, alias="VALKEY_MIRROR_ENABLED")
     sweeps_enabled: bool = Field(default=True, alias="SWEEPS_ENABLED")
     timers_enabled: bool = Field(default=True, alias="TIMERS_ENABLED")
@@ -146,6 +157,53 @@ class Settings(DatabaseSettings):
                     "(or HALOBESTIE_ENV=dev on a laptop)"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _order_database_bounds(self) -> Settings:
+        """Postgres must give up before the client does (else a slow statement or a lock
+        wait would surface as the client's timeout, i.e. as "unreachable"), and a lock
+        waiter must outlast a stalled holder (else it fails where waiting would succeed)."""
+        client = self.database_timeout_seconds
+        for name, bound in (
+            ("DATABASE_STATEMENT_TIMEOUT_SECONDS", self.statement_timeout_bound),
+            ("DATABASE_LOCK_TIMEOUT_SECONDS", self.lock_timeout_bound),
+        ):
+            if bound >= client:
+                raise ValueError(
+                    f"{name} ({bound:g}) must be below DATABASE_TIMEOUT_SECONDS ({client:g})"
+                )
+        if self.idle_in_transaction_bound >= self.lock_timeout_bound:
+            raise ValueError(
+                "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS"
+                f" ({self.idle_in_transaction_bound:g}) must be below"
+                f" DATABASE_LOCK_TIMEOUT_SECONDS ({self.lock_timeout_bound:g})"
+            )
+        return self
+
+    @property
+    def statement_timeout_bound(self) -> float:
+        """Seconds; default 0.8 x DATABASE_TIMEOUT_SECONDS. The longest statements (the
+        heartbeat write-back, the seed's reads) take ~1.2-2 s at 100k online mitras: the
+        default 4 s leaves them twice that."""
+        value = self.database_statement_timeout_seconds
+        return value if value is not None else 0.8 * self.database_timeout_seconds
+
+    @property
+    def lock_timeout_bound(self) -> float:
+        """Seconds; default 0.6 x DATABASE_TIMEOUT_SECONDS. Above the idle-in-transaction
+        bound, so a waiter behind a frozen holder gets the lock once Postgres cuts it;
+        above the seed's hold of its advisory lock (~2 s at 100k), which writers wait for."""
+        value = self.database_lock_timeout_seconds
+        return value if value is not None else 0.6 * self.database_timeout_seconds
+
+    @property
+    def idle_in_transaction_bound(self) -> float:
+        """Seconds; default 0.4 x DATABASE_TIMEOUT_SECONDS. Between its statements a
+        transaction here waits only for Postgres or a Valkey read bounded by
+        VALKEY_OPERATION_TIMEOUT_SECONDS (writes and events come after commit), so only a
+        stalled process, or an event loop starved for that long, reaches it."""
+        value = self.database_idle_in_transaction_timeout_seconds
+        return value if value is not None else 0.4 * self.database_timeout_seconds
 
     @property
     def is_dev(self) -> bool:

@@ -1,23 +1,34 @@
-"""Postgres access: one asyncpg pool, and the translation of "Postgres is unreachable"
-into `DatabaseUnavailable` (503) at one place."""
+"""Postgres access: one asyncpg pool, the bounds Postgres enforces on each of its
+connections, and the translation of what goes wrong into the domain's retryable errors
+at one place:
+
+* Postgres unreachable (connect refused or timed out, connection lost) -> DatabaseUnavailable;
+* every pooled connection busy for DATABASE_TIMEOUT_SECONDS -> Overloaded;
+* a lock wait past DATABASE_LOCK_TIMEOUT_SECONDS (55P03) -> LockTimeout;
+* a statement past DATABASE_STATEMENT_TIMEOUT_SECONDS (57014) -> StatementTimeout.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import asyncpg
 
-from .errors import DatabaseUnavailable
+from .errors import DatabaseUnavailable, DomainError, LockTimeout, Overloaded, StatementTimeout
 from .logs import get_logger
+from .metrics import Metrics
 
 log = get_logger(__name__)
 Isolation = Literal["read_committed", "repeatable_read", "serializable"]
 
 # What "Postgres is down or unreachable" looks like through asyncpg. Query errors
-# (constraint violations, syntax) are deliberately absent: those are bugs or 4xx.
+# (constraint violations, syntax) are deliberately absent: those are bugs or 4xx. A
+# connection that Postgres cut for idling in a transaction (a process that was frozen)
+# reads as InterfaceError "connection is closed" when it thaws: also here.
 UNREACHABLE: tuple[type[Exception], ...] = (
     OSError,
     asyncio.TimeoutError,
@@ -26,19 +37,73 @@ UNREACHABLE: tuple[type[Exception], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+    asyncpg.IdleInTransactionSessionTimeoutError,
 )
 # asyncpg's refusal to encode a query argument (a str with a lone surrogate, a value of
 # the wrong type): the caller's input, not an outage. It subclasses InterfaceError, so
 # `connection` lets it through before catching UNREACHABLE; api/errors.py answers it 422.
 InvalidArgument = asyncpg.exceptions._base.DataError
+# Postgres is up and refused to wait any longer: the bounds below, reached.
+BOUND_REACHED: tuple[type[Exception], ...] = (
+    asyncpg.LockNotAvailableError,
+    asyncpg.QueryCanceledError,
+)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What Postgres enforces on every pooled connection, in seconds (config.py sizes
+    them: idle_in_transaction < lock < statement < the client's timeout)."""
+
+    statement: float
+    lock: float
+    idle_in_transaction: float
+
+    def server_settings(self) -> dict[str, str]:
+        """Sent at connect; asyncpg's RESET ALL on release keeps them (they are the
+        session's defaults), so a `SET` for one long job ends with its checkout."""
+        return {
+            "statement_timeout": _ms(self.statement),
+            "lock_timeout": _ms(self.lock),
+            "idle_in_transaction_session_timeout": _ms(self.idle_in_transaction),
+        }
+
+
+def _ms(seconds: float) -> str:
+    return str(max(1, round(seconds * 1000)))
+
+
+def bound_reached(exc: Exception) -> DomainError:
+    """The domain error for one of BOUND_REACHED (55P03 or 57014)."""
+    if isinstance(exc, asyncpg.LockNotAvailableError):
+        return LockTimeout("a lock stayed held by another transaction; try again shortly")
+    return StatementTimeout("the database did not finish this in time; try again shortly")
 
 
 class Database:
-    def __init__(self, dsn: str, *, pool_size: int, timeout: float) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_size: int,
+        timeout: float,
+        bounds: Bounds | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._dsn = dsn
         self._pool_size = pool_size
         self._timeout = timeout
+        self._bounds = bounds
+        self._metrics = metrics
         self._pool: asyncpg.Pool | None = None
+        # One slot per pooled connection, taken before asking the pool: waiting for a
+        # slot is waiting for a busy pool (Overloaded), while the pool's own acquire then
+        # only ever waits to connect (DatabaseUnavailable). asyncpg's acquire timeout
+        # covers both and cannot tell them apart.
+        self._slots = asyncio.Semaphore(pool_size)
+        # Whether the last attempt to use Postgres failed as unreachable: a slot wait
+        # that runs out during an outage is the outage, not a busy pool.
+        self._unreachable = False
 
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(
@@ -49,6 +114,7 @@ class Database:
             command_timeout=self._timeout,
             # Reset state cheaply; sessions here never leave temp objects behind.
             max_inactive_connection_lifetime=60,
+            server_settings=self._bounds.server_settings() if self._bounds else None,
         )
 
     async def close(self) -> None:
@@ -64,21 +130,45 @@ class Database:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:
-        """A pooled connection; unreachable Postgres becomes DatabaseUnavailable.
+        """A pooled connection. Raises DatabaseUnavailable (unreachable), Overloaded (no
+        connection free within DATABASE_TIMEOUT_SECONDS), LockTimeout, StatementTimeout.
 
-        On such a failure every idle connection is expired, so that once Postgres is
-        back the next requests reconnect instead of tripping over dead sockets.
+        On an unreachable Postgres every idle connection is expired, so that once
+        Postgres is back the next requests reconnect instead of tripping over dead sockets.
         """
         pool = self.pool
+        await self._take_slot()
         try:
             async with pool.acquire(timeout=self._timeout) as conn:
+                self._unreachable = False
                 yield conn
         except InvalidArgument:
             raise
         except UNREACHABLE as exc:
+            self._unreachable = True
             await pool.expire_connections()
             log.warning("postgres_unreachable", error=type(exc).__name__)
             raise DatabaseUnavailable("Postgres is unreachable; try again shortly") from exc
+        except BOUND_REACHED as exc:
+            error = bound_reached(exc)
+            if self._metrics is not None:
+                self._metrics.db_bounds_reached.labels(bound=error.code).inc()
+            log.warning("postgres_bound_reached", error=error.code, detail=str(exc))
+            raise error from exc
+        finally:
+            self._slots.release()
+
+    async def _take_slot(self) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            if self._unreachable:
+                raise DatabaseUnavailable("Postgres is unreachable; try again shortly") from None
+            if self._metrics is not None:
+                self._metrics.db_pool_exhausted.inc()
+            log.warning("postgres_pool_exhausted", pool_size=self._pool_size)
+            raise Overloaded("every database connection stayed busy; try again shortly") from None
 
     @asynccontextmanager
     async def transaction(self, isolation: Isolation = "read_committed") -> AsyncIterator[Any]:

@@ -61,8 +61,41 @@ class MitraDeactivated(Forbidden):
     code = "mitra_deactivated"
 
 
-class DatabaseUnavailable(DomainError):
+class ServiceUnavailable(DomainError):
+    """Retryable: the request may succeed unchanged in a moment (503 + Retry-After)."""
+
+    code = "service_unavailable"
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """Postgres cannot be reached (connect refused, timed out, connection lost)."""
+
     code = "database_unavailable"
+
+
+class DatabaseBusy(ServiceUnavailable):
+    """Postgres is up, but this request could not be served within its bounds. Retry
+    loops treat it like DatabaseUnavailable; clients see what happened."""
+
+    code = "database_busy"
+
+
+class Overloaded(DatabaseBusy):
+    """Every pooled connection stayed busy for DATABASE_TIMEOUT_SECONDS."""
+
+    code = "overloaded"
+
+
+class LockTimeout(DatabaseBusy):
+    """A lock was held by someone else for DATABASE_LOCK_TIMEOUT_SECONDS (SQLSTATE 55P03)."""
+
+    code = "lock_timeout"
+
+
+class StatementTimeout(DatabaseBusy):
+    """A statement ran for DATABASE_STATEMENT_TIMEOUT_SECONDS (SQLSTATE 57014)."""
+
+    code = "statement_timeout"
 
 
 class MirrorUnavailable(Exception):

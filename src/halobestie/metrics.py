@@ -67,6 +67,22 @@ class Metrics:
             self.fallback_reads.labels(reader=reader)
         for sweep in ("auto_offline", "heartbeat_writeback", "reseed"):
             self.sweep_duration.labels(sweep=sweep)
+        self.db_pool_exhausted = Counter(
+            "halobestie_db_pool_exhausted_total",
+            "Requests answered 503 overloaded: every pooled Postgres connection stayed busy"
+            " for DATABASE_TIMEOUT_SECONDS (Postgres itself was reachable).",
+            registry=r,
+        )
+        self.db_bounds_reached = Counter(
+            "halobestie_db_bounds_reached_total",
+            "Statements Postgres stopped at a bound: bound=lock_timeout (a lock stayed held"
+            " for DATABASE_LOCK_TIMEOUT_SECONDS), statement_timeout (ran for"
+            " DATABASE_STATEMENT_TIMEOUT_SECONDS).",
+            ["bound"],
+            registry=r,
+        )
+        for bound in ("lock_timeout", "statement_timeout"):
+            self.db_bounds_reached.labels(bound=bound)
         self.snapshot_computations = Counter(
             "halobestie_availability_snapshot_computations_total",
             "Beacon snapshots computed (the rest were served from the shared cache).",

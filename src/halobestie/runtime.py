@@ -12,7 +12,7 @@ from .availability.sweeps import SweepRunner
 from .clock import Clock, SystemClock
 from .config import Settings
 from .context import Context, Scripts
-from .db import Database
+from .db import Bounds, Database
 from .events.bus import EventBus
 from .logs import get_logger
 from .metrics import Metrics
@@ -39,6 +39,12 @@ class Runtime:
                 settings.asyncpg_dsn,
                 pool_size=settings.database_pool_size,
                 timeout=settings.database_timeout_seconds,
+                bounds=Bounds(
+                    statement=settings.statement_timeout_bound,
+                    lock=settings.lock_timeout_bound,
+                    idle_in_transaction=settings.idle_in_transaction_bound,
+                ),
+                metrics=metrics,
             ),
             mirror=mirror,
             keys=keys,

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from .. import errors as e
-from ..db import UNREACHABLE, InvalidArgument
+from ..db import BOUND_REACHED, UNREACHABLE, InvalidArgument, bound_reached
 from ..logs import get_logger
 
 log = get_logger(__name__)
@@ -26,7 +26,7 @@ STATUS: list[tuple[type[e.DomainError], int]] = [
     (e.Conflict, 409),
     (e.AuthError, 401),
     (e.Forbidden, 403),
-    (e.DatabaseUnavailable, 503),
+    (e.ServiceUnavailable, 503),
     (e.ValkeyUnavailable, 503),
 ]
 
@@ -134,6 +134,11 @@ async def _client_data(request: Request, exc: Exception) -> JSONResponse:
     return _respond(CLIENT_DATA_ERROR)
 
 
+async def _bound_reached(_: Request, exc: Exception) -> JSONResponse:
+    # Normally translated by db.connection already; this is the net for a raw one.
+    return _respond(domain_error(bound_reached(exc)))
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled_error", path=request.url.path, error=type(exc).__name__, exc_info=exc)
     return _respond(UNEXPECTED_ERROR)
@@ -145,6 +150,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http)
     for cls in UNREACHABLE:
         app.add_exception_handler(cls, _unreachable)
+    for cls in BOUND_REACHED:
+        app.add_exception_handler(cls, _bound_reached)
     # Registered for the exact classes: InvalidArgument is also an InterfaceError, and
     # Starlette picks the handler of the nearest class in the exception's MRO.
     for cls in CLIENT_DATA_ERRORS:

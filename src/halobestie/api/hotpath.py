@@ -24,7 +24,7 @@ from starlette.types import Scope, Send
 from ..availability.actions import do_record_heartbeat
 from ..availability.beacon import get_beacon
 from ..context import Context
-from ..db import UNREACHABLE
+from ..db import BOUND_REACHED, UNREACHABLE, bound_reached
 from ..errors import DomainError
 from ..logs import get_logger
 from .auth import principal_from_header
@@ -106,6 +106,8 @@ class HotPath:
             except UNREACHABLE as exc:
                 log.warning("postgres_unreachable_unwrapped", error=type(exc).__name__)
                 status, body, headers = UNREACHABLE_ERROR
+            except BOUND_REACHED as exc:
+                status, body, headers = domain_error(bound_reached(exc))
             except Exception as exc:  # never a bare 500 from the framework
                 log.error(
                     "unhandled_error", path=scope["path"], error=type(exc).__name__, exc_info=exc

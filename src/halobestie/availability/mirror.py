@@ -28,7 +28,7 @@ from valkey.exceptions import ValkeyError
 from valkey.retry import Retry
 from valkey.utils import LIBVALKEY_AVAILABLE
 
-from ..errors import DatabaseUnavailable, MirrorUnavailable
+from ..errors import MirrorUnavailable, ServiceUnavailable
 from ..logs import get_logger
 from ..metrics import Metrics
 from .autopipe import AutoPipeline
@@ -243,8 +243,8 @@ class Mirror:
             await self._seeder(reason)
         except MirrorUnavailable:
             return False
-        except DatabaseUnavailable:
-            log.warning("mirror_seed_waiting_for_postgres")
+        except ServiceUnavailable as exc:  # Postgres down, or busy past its bounds
+            log.warning("mirror_seed_waiting_for_postgres", error=exc.code)
             return False
         finally:
             self._seeding_run_id = None

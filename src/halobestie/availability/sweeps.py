@@ -15,7 +15,7 @@ from uuid import UUID
 
 from ..clock import parse_iso
 from ..context import Context
-from ..errors import DatabaseUnavailable, MirrorUnavailable
+from ..errors import MirrorUnavailable, ServiceUnavailable
 from ..logs import get_logger
 from . import locks
 from .mirror import Client
@@ -180,8 +180,8 @@ class SweepRunner:
             started = time.perf_counter()
             try:
                 await sweep(self.ctx, self.ctx.clock.now())
-            except DatabaseUnavailable:
-                log.warning("sweep_skipped_postgres_down", sweep=name)
+            except ServiceUnavailable as exc:  # Postgres down, or busy past its bounds
+                log.warning("sweep_skipped_postgres_down", sweep=name, error=exc.code)
             except Exception:
                 log.exception("sweep_failed", sweep=name)
             finally:

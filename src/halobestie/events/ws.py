@@ -33,7 +33,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from ..auth.queries import require_live_session
 from ..auth.tokens import Principal, decode_access_token
 from ..context import Context
-from ..errors import DatabaseUnavailable, InvalidToken
+from ..errors import InvalidToken, ServiceUnavailable
 from ..logs import get_logger
 
 log = get_logger(__name__)
@@ -86,8 +86,8 @@ async def authenticate(ctx: Context, token: str | None, now: datetime) -> tuple[
     expires = float(principal.expires_at)
     try:
         await require_live_session(ctx, principal)
-    except DatabaseUnavailable:
-        # Postgres down: signature and expiry still hold; revocation is re-checked by the
+    except ServiceUnavailable:
+        # Postgres down or busy: signature and expiry still hold; revocation is re-checked by the
         # token's expiry, which closes this socket.
         log.warning("ws_revocation_unchecked", user_id=str(principal.user_id))
     return principal, expires

@@ -2,9 +2,12 @@
 
 Each timer is a row in `timers` (kind, ref_id, due_at). Whoever schedules it does so in
 the same transaction as the state it guards, so a timer exists exactly when its state
-does. Firing takes due rows with `FOR UPDATE SKIP LOCKED`, runs the kind's handler in the
-same transaction and marks the row fired: with several instances each timer fires once;
-a `kill -9` mid-fire rolls the whole thing back and the timer fires later instead.
+does. Firing claims one due row with `FOR UPDATE SKIP LOCKED`, runs the kind's handler in
+the same transaction and marks the row fired: with several instances each timer fires
+once; a `kill -9` mid-fire rolls the whole thing back and the timer fires later instead.
+An instance frozen mid-fire (SIGSTOP, a VM pause) holds its locks only until Postgres
+cuts its idle transaction (DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS); the row is then
+free and a live instance fires it.
 
 Cadence without a tight poll: the runner sleeps until the earliest due time, and a
 `pg_notify` sent when a timer is scheduled wakes every instance to recompute that
@@ -26,8 +29,8 @@ from uuid import UUID
 import asyncpg
 
 from ..context import Context
-from ..db import UNREACHABLE
-from ..errors import DatabaseUnavailable
+from ..db import BOUND_REACHED, UNREACHABLE
+from ..errors import ServiceUnavailable
 from ..logs import get_logger
 
 log = get_logger(__name__)
@@ -39,9 +42,10 @@ IDLE_CHECK_SECONDS = 5.0
 # is locked): look again shortly instead of spinning on it.
 LOCKED_ELSEWHERE_RETRY_SECONDS = 0.1
 RETRY_FAILED_AFTER = timedelta(seconds=5)
-BATCH = 100
-# Postgres going away aborts the batch (it rolls back and is retried whole).
-PASS_THROUGH: tuple[type[Exception], ...] = (DatabaseUnavailable, *UNREACHABLE)
+# Postgres going away, or one of its bounds reached (a session locked past
+# DATABASE_LOCK_TIMEOUT_SECONDS), is not the handler's fault: the firing rolls back and
+# the runner retries it shortly, instead of deferring it as a failed handler.
+PASS_THROUGH: tuple[type[Exception], ...] = (ServiceUnavailable, *UNREACHABLE, *BOUND_REACHED)
 
 # What a handler returns: work to run after its transaction commits (capacity
 # recompute, events), never inside it.
@@ -86,45 +90,52 @@ async def cancel_timer(conn: Any, kind: TimerKind, ref_id: UUID) -> None:
     )
 
 
-DUE_SQL = """
+# One due row, claimed for the length of one transition: a row another instance is
+# firing is skipped, never waited for.
+CLAIM_SQL = """
 SELECT id, kind, ref_id FROM timers
 WHERE fired_at IS NULL AND due_at <= $1
-ORDER BY due_at LIMIT $2
+ORDER BY due_at LIMIT 1
 FOR UPDATE SKIP LOCKED
 """
 
 
 async def run_due_timers(ctx: Context, now: datetime) -> int:
     """Fire every timer due at `now`; returns how many fired. Safe to run on several
-    instances at once (each row is taken by one)."""
+    instances at once (each row is taken by one).
+
+    Each timer fires in a transaction of its own: its row and the state it guards are
+    locked only for that one transition (a batch in one transaction would keep the
+    first session locked, and its payment webhook waiting, until the last had fired).
+    Raises DatabaseUnavailable / DatabaseBusy: what fired before stays fired."""
     fired = 0
     while True:
         effects: list[AfterCommit] = []
         async with ctx.db.transaction() as conn:
-            rows = await conn.fetch(DUE_SQL, now, BATCH)
-            for row in rows:
-                handler = _handlers.get(row["kind"])
-                try:
-                    async with conn.transaction():  # a savepoint per timer
-                        if handler is not None:
-                            effects += await handler(ctx, conn, row["ref_id"], now)
-                        await conn.execute(
-                            "UPDATE timers SET fired_at = $2 WHERE id = $1", row["id"], now
-                        )
-                        fired += 1
-                except PASS_THROUGH:
-                    raise
-                except Exception:
-                    # A handler bug must not wedge the queue: retry this one later.
-                    log.exception("timer_failed", kind=row["kind"], ref_id=str(row["ref_id"]))
+            row = await conn.fetchrow(CLAIM_SQL, now)
+            if row is None:
+                return fired
+            handler = _handlers.get(row["kind"])
+            try:
+                async with conn.transaction():  # a savepoint: a failing handler leaves no trace
+                    done = await handler(ctx, conn, row["ref_id"], now) if handler else []
                     await conn.execute(
-                        "UPDATE timers SET due_at = $2 WHERE id = $1",
-                        row["id"],
-                        now + RETRY_FAILED_AFTER,
+                        "UPDATE timers SET fired_at = $2 WHERE id = $1", row["id"], now
                     )
+            except PASS_THROUGH:
+                raise
+            except Exception:
+                # A handler bug must not wedge the queue: retry this one later.
+                log.exception("timer_failed", kind=row["kind"], ref_id=str(row["ref_id"]))
+                await conn.execute(
+                    "UPDATE timers SET due_at = $2 WHERE id = $1",
+                    row["id"],
+                    now + RETRY_FAILED_AFTER,
+                )
+            else:
+                effects = done
+                fired += 1
         await run_after_commit(effects)
-        if len(rows) < BATCH:
-            return fired
 
 
 async def next_due(ctx: Context) -> datetime | None:
@@ -177,7 +188,8 @@ class TimerRunner:
                     delay = LOCKED_ELSEWHERE_RETRY_SECONDS
                 elif due is not None:
                     delay = min(delay, (due - self.ctx.clock.now()).total_seconds())
-            except DatabaseUnavailable:
+            except ServiceUnavailable as exc:  # Postgres down or busy: not a bug
+                log.warning("timers_deferred", error=exc.code)
                 delay = 1.0
             except Exception:
                 log.exception("timer_loop_failed")

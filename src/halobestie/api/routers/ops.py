@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
 from ...db import UNREACHABLE
-from ...errors import DatabaseUnavailable
+from ...errors import DatabaseBusy, DatabaseUnavailable
 from ..deps import CtxDep
 
 router = APIRouter(tags=["ops"])
@@ -30,6 +30,8 @@ async def readyz(ctx: CtxDep) -> JSONResponse:
             await asyncio.wait_for(conn.fetchval("SELECT 1"), ctx.settings.database_timeout_seconds)
     except NOT_READY:
         return JSONResponse({"postgres": "unavailable", "valkey": valkey}, status_code=503)
+    except DatabaseBusy as exc:  # reachable, but no connection free (or too slow) for us
+        return JSONResponse({"postgres": exc.code, "valkey": valkey}, status_code=503)
     return JSONResponse({"postgres": "ok", "valkey": valkey})
 
 
