@@ -10,6 +10,8 @@ from uuid import UUID
 from halobestie.auth.actions import do_open_session
 from halobestie.auth.passwords import hash_password
 from halobestie.auth.queries import User
+from halobestie.availability.load import record_session_change
+from halobestie.availability.sync import sync_mitras
 from halobestie.context import Context
 
 PASSWORD = "correct horse battery"
@@ -70,14 +72,39 @@ async def make_chat_session(
     minutes: int = 30,
     now: datetime | None = None,
 ) -> Any:
-    """A chat_sessions row (the lifecycle endpoints arrive with the sessions issue)."""
-    async with ctx.db.connection() as conn:
-        return await conn.fetchval(
+    """A chat_sessions row written straight into Postgres, with the mitra's load
+    columns kept as every session change keeps them (the mirror is the caller's: call
+    `recompute_capacity`)."""
+    at = now or ctx.clock.now()
+    async with ctx.db.transaction() as conn:
+        session_id = await conn.fetchval(
             "INSERT INTO chat_sessions (customer_id, mitra_id, status, duration_minutes,"
             " started_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
             customer.id,
             mitra.id,
             status,
             minutes,
-            now or ctx.clock.now(),
+            at,
         )
+        await record_session_change(conn, mitra.id, at)
+        return session_id
+
+
+# What `mitras.open_sessions` and `last_active_at` mean, recomputed from the whole history
+# (as migration 0003 backfills them): for tests that write history rows by hand.
+RECOUNT_SQL = """
+UPDATE mitras m SET
+    open_sessions = (SELECT count(*) FROM chat_sessions cs
+                     WHERE cs.mitra_id = m.id AND cs.status IN ('active', 'pending_payment')),
+    last_active_at = (SELECT max(greatest(cs.created_at, cs.closed_at)) FROM chat_sessions cs
+                      WHERE cs.mitra_id = m.id)
+WHERE m.id = ANY($1::uuid[])
+"""
+
+
+async def recount_history(ctx: Context, mitras: list[Person]) -> None:
+    """After hand-written history rows: the load columns from history, then the mirror."""
+    ids = [m.id for m in mitras]
+    async with ctx.db.connection() as conn:
+        await conn.execute(RECOUNT_SQL, ids)
+    await sync_mitras(ctx, ids)

@@ -29,6 +29,19 @@ class Scripts:
     heartbeat: Any
     apply_mitra: Any
     merge_heartbeats: Any
+    pick_offers: Any
+    merge_ranked: Any
+
+    @property
+    def all(self) -> tuple[Any, ...]:
+        """Every script (the seed loads them all after a Valkey restart)."""
+        return (
+            self.heartbeat,
+            self.apply_mitra,
+            self.merge_heartbeats,
+            self.pick_offers,
+            self.merge_ranked,
+        )
 
     @classmethod
     def register(cls, mirror: Mirror) -> Scripts:
@@ -37,6 +50,8 @@ class Scripts:
             heartbeat=client.register_script(_lua("heartbeat")),
             apply_mitra=client.register_script(_lua("apply_mitra")),
             merge_heartbeats=client.register_script(_lua("merge_heartbeats")),
+            pick_offers=client.register_script(_lua("pick_offers")),
+            merge_ranked=client.register_script(_lua("merge_ranked")),
         )
 
 

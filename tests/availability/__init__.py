@@ -121,6 +121,7 @@ NO_DIFFERENCES: dict[str, Any] = {
     "deactivated": {"missing": [], "extra": []},
     "capacity": {},
     "heartbeat": {},
+    "ranked": {"missing": [], "extra": [], "score": {}},
 }
 
 

@@ -80,6 +80,9 @@ async def test_drift_names_the_exact_ids_of_every_kind_of_difference(
         await valkey.delete(f"mitra:heartbeat:{unpinged}")
         await valkey.set(f"mitra:heartbeat:{lagging}", older)
         await valkey.set(f"mitra:heartbeat:{resting}", iso(seen))
+        await valkey.zrem("mitras:ranked", lagging)
+        await valkey.zadd("mitras:ranked", {offline: 0})
+        await valkey.zadd("mitras:ranked", {unpinged: 10**13 + 5})  # one load band up
 
         body = await _drift(inst, admin)
 
@@ -96,6 +99,16 @@ async def test_drift_names_the_exact_ids_of_every_kind_of_difference(
                 unpinged: {"valkey": None, "postgres": iso(seen)},
                 lagging: {"valkey": older, "postgres": iso(seen)},
                 resting: {"valkey": iso(seen), "postgres": None},
+            },
+            "ranked": {
+                "missing": [lagging],
+                "extra": [offline],
+                "score": {
+                    unpinged: {
+                        "valkey": {"open_sessions": 1, "idle_since": "1970-01-01T00:00:00.005000Z"},
+                        "postgres": {"open_sessions": 0, "idle_since": None},
+                    }
+                },
             },
         }
         # Reporting repairs nothing; a reseed does.

@@ -40,9 +40,12 @@ async def test_startup_seeds_every_key_from_rows_written_before_the_app_started(
         for mitra in (resting, banned):
             assert await valkey.get(f"mitra:capacity:{mitra}") is None
         mirror_keys = {k for k in await valkey.keys("*") if not k.startswith("availability:")}
+        # Only `idle` may be offered: `busy` is at capacity (two open sessions, limit 1).
+        assert await valkey.zrange("mitras:ranked", 0, -1, withscores=True) == [(idle, 0.0)]
         assert mirror_keys == {
             "mitras:online",
             "mitras:deactivated",
+            "mitras:ranked",
             f"mitra:capacity:{busy}",
             f"mitra:capacity:{idle}",
             f"mitra:heartbeat:{busy}",
@@ -90,7 +93,13 @@ async def test_reseed_replaces_sets_keeps_newer_heartbeats_and_drops_unbacked_ke
         r = await inst.client.post("/api/admin/availability/reseed", headers=admin.headers)
 
         assert r.status_code == 200, r.text
-        assert r.json() == {"online": 2, "deactivated": 1, "capacities": 2, "heartbeats": 2}
+        assert r.json() == {
+            "online": 2,
+            "deactivated": 1,
+            "capacities": 2,
+            "heartbeats": 2,
+            "ranked": 1,
+        }
         assert await members(valkey, "mitras:online") == {ahead, behind}
         assert await members(valkey, "mitras:deactivated") == {banned}
         # Valkey's newer ping survives; a heartbeat behind Postgres is brought forward.
@@ -116,7 +125,13 @@ async def test_reseed_removes_sets_that_postgres_no_longer_backs(
 
         r = await inst.client.post("/api/admin/availability/reseed", headers=admin.headers)
 
-        assert r.json() == {"online": 0, "deactivated": 0, "capacities": 0, "heartbeats": 0}
+        assert r.json() == {
+            "online": 0,
+            "deactivated": 0,
+            "capacities": 0,
+            "heartbeats": 0,
+            "ranked": 0,
+        }
         assert not await valkey.exists("mitras:online", "mitras:deactivated")
         assert await valkey.get(f"mitra:heartbeat:{online}") is None
         assert await valkey.get(f"mitra:capacity:{online}") is None

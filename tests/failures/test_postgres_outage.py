@@ -179,8 +179,11 @@ async def _mirror_dump(inst: Instance, valkey: Any) -> dict[str, Any]:
     """Every mirror key and its value (sets sorted), as an operator would snapshot it."""
     dump: dict[str, Any] = {}
     for key in sorted(await valkey.keys("mitra*")):
-        if await valkey.type(key) == "set":
+        kind = await valkey.type(key)
+        if kind == "set":
             dump[key] = sorted(await valkey.smembers(key))
+        elif kind == "zset":
+            dump[key] = await valkey.zrange(key, 0, -1, withscores=True)
         else:
             dump[key] = await valkey.get(key)
     return dump

@@ -10,7 +10,7 @@ import asyncpg
 
 from halobestie.clock import iso, parse_iso
 from tests.conftest import AppFactory, Instance
-from tests.factories import Person, make_chat_session, make_user
+from tests.factories import Person, make_chat_session, make_user, recount_history
 from tests.failures.helpers import online_mitra
 
 from .support import (
@@ -145,6 +145,7 @@ async def test_fair_order_least_loaded_then_longest_idle(
             " WHERE mitra_id = $1 AND status = 'cancelled'",
             mid_idle.id,
         )
+        await recount_history(inst.ctx, [long_idle, mid_idle, just_ended, loaded_but_idle])
 
         request = await open_ok(inst, customer)
 

@@ -68,13 +68,13 @@ async def test_the_blast_works_from_postgres_while_valkey_is_down(
     full = await online_mitra(inst)
     busy_request = await open_ok(inst, busy_customer, mitra_id=str(full.id))
     assert (await accept(inst, full, busy_request["id"])).status_code == 200
-    before = await fallback_reads(inst, "find_available")
+    before = await fallback_reads(inst, "pairing")
 
     await valkey_proxy.cut()
     request = await open_ok(inst, customer)
 
     assert sorted(request["offered_to"]) == sorted(str(m.id) for m in mitras)
-    assert await fallback_reads(inst, "find_available") > before
+    assert await fallback_reads(inst, "pairing") > before
     assert [o["request_id"] for o in await offers_of(inst, mitras[0])] == [request["id"]]
     r = await accept(inst, mitras[0], request["id"])
     assert r.status_code == 200, r.text

@@ -6,9 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..clock import parse_iso
+from ..clock import iso, parse_iso
 from ..context import Context
 from .mirror import Client
+from .ranked import epoch_ms_to_datetime, split_score
 from .truth import MirrorState, locked_truth
 
 
@@ -18,6 +19,11 @@ class Drift:
     deactivated: dict[str, list[str]] = field(default_factory=lambda: {"missing": [], "extra": []})
     capacity: dict[str, dict[str, int]] = field(default_factory=dict)
     heartbeat: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    # The ranked index (an addition to SPEC's four): who is missing or extra, and whose
+    # load or idle-since is behind Postgres'.
+    ranked: dict[str, Any] = field(
+        default_factory=lambda: {"missing": [], "extra": [], "score": {}}
+    )
 
     @property
     def count(self) -> int:
@@ -26,6 +32,9 @@ class Drift:
             + sum(len(v) for v in self.deactivated.values())
             + len(self.capacity)
             + len(self.heartbeat)
+            + len(self.ranked["missing"])
+            + len(self.ranked["extra"])
+            + len(self.ranked["score"])
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -36,6 +45,7 @@ class Drift:
                 "deactivated": self.deactivated,
                 "capacity": self.capacity,
                 "heartbeat": self.heartbeat,
+                "ranked": self.ranked,
             },
         }
 
@@ -61,6 +71,9 @@ async def read_mirrored(ctx: Context, client: Client) -> MirrorState:
         deactivated=set(await client.smembers(keys.deactivated)),
         capacities={k: int(v) for k, v in capacities.items()},
         heartbeats=await _scan_values(client, keys.heartbeat_pattern, keys.id_from),
+        ranked={
+            m: int(score) for m, score in await client.zrange(keys.ranked, 0, -1, withscores=True)
+        },
     )
 
 
@@ -96,4 +109,32 @@ def compare(truth: MirrorState, mirrored: MirrorState) -> Drift:
         # Valkey ahead of Postgres is the write-back lag, not drift; behind or missing is.
         if want_s is not None and (have_s is None or parse_iso(have_s) < parse_iso(want_s)):
             drift.heartbeat[mitra_id] = {"valkey": have_s, "postgres": want_s}
+    drift.ranked = _compare_ranked(truth.ranked, mirrored.ranked)
     return drift
+
+
+def _readable(score: int) -> dict[str, Any]:
+    load, idle = split_score(score)
+    when = epoch_ms_to_datetime(idle)
+    return {"open_sessions": load, "idle_since": iso(when) if when else None}
+
+
+def _compare_ranked(want: dict[str, int], have: dict[str, int]) -> dict[str, Any]:
+    """Members must match and each load too; an idle-since ahead of Postgres' is an offer
+    made since (Valkey-only, like a heartbeat not yet written back), behind is drift."""
+    score: dict[str, Any] = {}
+    for mitra_id in sorted(set(want) & set(have)):
+        (want_load, want_idle), (have_load, have_idle) = (
+            split_score(want[mitra_id]),
+            split_score(have[mitra_id]),
+        )
+        if want_load != have_load or have_idle < want_idle:
+            score[mitra_id] = {
+                "valkey": _readable(have[mitra_id]),
+                "postgres": _readable(want[mitra_id]),
+            }
+    return {
+        "missing": sorted(set(want) - set(have)),
+        "extra": sorted(set(have) - set(want)),
+        "score": score,
+    }

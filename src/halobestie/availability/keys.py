@@ -14,6 +14,9 @@ DEACTIVATED = "mitras:deactivated"
 CAPACITY = "mitra:capacity:"
 HEARTBEAT = "mitra:heartbeat:"
 SNAPSHOT = "availability:snapshot"
+# Not in SPEC §1's table (an addition): the pairing blast's ranked index of who may be
+# offered (see ranked.py).
+RANKED = "mitras:ranked"
 # Not in the contract table; internal bookkeeping of the engine.
 SNAPSHOT_LOCK = "availability:snapshot:lock"
 # The last snapshot stored, kept longer than its TTL: served (stale, marked by its
@@ -35,6 +38,12 @@ class Keys:
     @property
     def deactivated(self) -> str:
         return self.prefix + DEACTIVATED
+
+    @property
+    def ranked(self) -> str:
+        """ZSET of online, active mitras below capacity; score = open sessions * 1e13 +
+        idle-since (epoch ms). Built by the seed, kept by the write-through (ranked.py)."""
+        return self.prefix + RANKED
 
     def capacity(self, mitra_id: UUID | str) -> str:
         return f"{self.prefix}{CAPACITY}{mitra_id}"

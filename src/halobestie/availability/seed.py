@@ -31,6 +31,7 @@ class SeedCounts:
     deactivated: int
     capacities: int
     heartbeats: int
+    ranked: int = 0
     drift: Drift | None = None
 
     def as_dict(self) -> dict[str, int]:
@@ -40,6 +41,7 @@ class SeedCounts:
             "deactivated": self.deactivated,
             "capacities": self.capacities,
             "heartbeats": self.heartbeats,
+            "ranked": self.ranked,
         }
 
 
@@ -65,8 +67,7 @@ async def seed_mirror(ctx: Context, reason: str, *, measure_drift: bool = False)
 
 
 async def _load_scripts(ctx: Context, client: Any) -> None:
-    scripts = ctx.scripts
-    for script in (scripts.heartbeat, scripts.apply_mitra, scripts.merge_heartbeats):
+    for script in ctx.scripts.all:
         await client.script_load(script.script)
 
 
@@ -89,11 +90,23 @@ async def _swap_set(pipe: Any, live: str, tmp: str, members: Iterable[str]) -> N
 async def _write(ctx: Context, client: Client, truth: MirrorState) -> SeedCounts:
     keys = ctx.keys
     token = uuid.uuid4().hex
+    # The ranked index is built beside the live one first (merged so that no turn moves
+    # backwards, see merge_ranked.lua), then swapped in with the sets.
+    ranked_tmp = keys.seed_tmp(f"ranked:{token}")
+    await client.delete(ranked_tmp)
+    pairs = sorted(truth.ranked.items())
+    for start in range(0, len(pairs), CHUNK):
+        flat = [str(x) for pair in pairs[start : start + CHUNK] for x in pair]
+        await ctx.scripts.merge_ranked(keys=[keys.ranked, ranked_tmp], args=flat, client=client)
     async with client.pipeline(transaction=True) as pipe:
         await _swap_set(pipe, keys.online, keys.seed_tmp(f"online:{token}"), truth.online)
         await _swap_set(
             pipe, keys.deactivated, keys.seed_tmp(f"deactivated:{token}"), truth.deactivated
         )
+        if pairs:
+            pipe.rename(ranked_tmp, keys.ranked)
+        else:
+            pipe.delete(keys.ranked)
         if truth.capacities:
             pipe.mset({keys.capacity(m): str(n) for m, n in truth.capacities.items()})
         # The beacon must not keep answering from the mirror we just replaced.
@@ -103,9 +116,9 @@ async def _write(ctx: Context, client: Client, truth: MirrorState) -> SeedCounts
     # Heartbeats merge (never backwards), then keys of mitras that are not online go:
     # the heartbeat script only writes for members of the new online set, so none can
     # reappear after this scan.
-    pairs = sorted(truth.heartbeats.items())
-    for start in range(0, len(pairs), CHUNK):
-        chunk = pairs[start : start + CHUNK]
+    beats = sorted(truth.heartbeats.items())
+    for start in range(0, len(beats), CHUNK):
+        chunk = beats[start : start + CHUNK]
         await ctx.scripts.merge_heartbeats(
             keys=[keys.heartbeat(m) for m, _ in chunk], args=[t for _, t in chunk]
         )
@@ -125,4 +138,5 @@ async def _write(ctx: Context, client: Client, truth: MirrorState) -> SeedCounts
         deactivated=len(truth.deactivated),
         capacities=len(truth.capacities),
         heartbeats=len(truth.heartbeats),
+        ranked=len(truth.ranked),
     )

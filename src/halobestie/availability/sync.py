@@ -21,11 +21,12 @@ from ..clock import iso
 from ..context import Context
 from ..logs import get_logger
 from . import locks
+from .ranked import epoch_ms
 
 log = get_logger(__name__)
 
 STATE_SQL = """
-SELECT m.id, m.is_online, m.is_active, m.last_heartbeat_at,
+SELECT m.id, m.is_online, m.is_active, m.last_heartbeat_at, m.last_active_at,
        (SELECT count(*) FROM chat_sessions cs
          WHERE cs.mitra_id = m.id AND cs.status IN ('active', 'pending_payment')) AS capacity
 FROM mitras m
@@ -60,19 +61,28 @@ async def _apply(ctx: Context, rows: Sequence[asyncpg.Record]) -> None:
     write (a Pipeline with a registered script asked SCRIPT EXISTS first: a second round
     trip inside the mitras' locks on every write-through)."""
     keys = ctx.keys
+    max_sessions = str(ctx.settings.mitra_max_concurrent_sessions)
 
     def apply(row: asyncpg.Record) -> Any:
         mitra_id = str(row["id"])
         heartbeat = row["last_heartbeat_at"]
         return ctx.mirror.batched.call(
             ctx.scripts.apply_mitra,
-            [keys.online, keys.deactivated, keys.heartbeat(mitra_id), keys.capacity(mitra_id)],
+            [
+                keys.online,
+                keys.deactivated,
+                keys.heartbeat(mitra_id),
+                keys.capacity(mitra_id),
+                keys.ranked,
+            ],
             [
                 mitra_id,
                 "1" if row["is_online"] else "0",
                 "1" if row["is_active"] else "0",
                 iso(heartbeat) if heartbeat is not None else "",
                 str(row["capacity"]),
+                max_sessions,
+                str(epoch_ms(row["last_active_at"])),
             ],
         )
 

@@ -15,10 +15,11 @@ from uuid import UUID
 
 import asyncpg
 
-from ..availability.queries import find_pool
+from ..availability.queries import mitra_reachability
+from ..availability.ranked import offerable, pick_from_index, window_from_postgres
 from ..clock import iso
 from ..context import Context
-from ..errors import InvalidState, NoMitraAvailable, NotFound
+from ..errors import InvalidState, MirrorUnavailable, NoMitraAvailable, NotFound
 from ..logs import get_logger
 from ..sessions.timers import (
     AfterCommit,
@@ -29,7 +30,7 @@ from ..sessions.timers import (
 )
 from .queries import (
     REQUEST_COLUMNS,
-    last_active,
+    last_offered,
     lock_request,
     offered_mitras,
     public_pairing_request,
@@ -64,24 +65,63 @@ async def _choose(
     exclude: set[UUID],
     now: datetime,
 ) -> list[str]:
-    """The mitras to offer, in offer order; NoMitraAvailable when there are none."""
-    excluded = {str(m) for m in exclude}
-    pool = await find_pool(ctx, now)
-    loads = {m: load for m, load in pool.available.items() if m not in excluded}
+    """The mitras to offer, in offer order; NoMitraAvailable when there are none.
+
+    Work proportional to the fan-out, never to the pool: the ranked index in Valkey
+    picks (one Lua call), Postgres has the last word on those few (one primary-key
+    lookup each). A pick that Postgres refuses entirely (the mirror lagging a write)
+    is tried once more without them."""
     if preferred_mitra_id is not None:
-        wanted = str(preferred_mitra_id)
-        if wanted in loads and wanted in await last_active(conn, [wanted]):
-            return [wanted]
-        if await conn.fetchval("SELECT 1 FROM mitras WHERE id = $1", preferred_mitra_id) is None:
-            raise NotFound(f"no mitra with id {preferred_mitra_id}")
-        raise NoMitraAvailable(f"mitra {preferred_mitra_id} is not available right now")
-    if loads:
-        active = await last_active(conn, sorted(loads))
-        contenders = [Contender(m, loads[m], when) for m, when in active.items()]
-        chosen = rank(contenders, ctx.settings.pairing_fanout)
+        return await _preferred(ctx, conn, preferred_mitra_id, exclude, now)
+    fanout = ctx.settings.pairing_fanout
+    skip = sorted(str(m) for m in exclude)
+    for _ in range(2):
+        try:
+            picked = await pick_from_index(ctx, fanout=fanout, exclude=skip, now=now)
+        except MirrorUnavailable:
+            ctx.metrics.fallback_reads.labels(reader="pairing").inc()
+            picked = await _pick_from_postgres(ctx, conn, fanout=fanout, exclude=skip, now=now)
+        if not picked:
+            break
+        allowed = await offerable(ctx, conn, picked)
+        chosen = [m for m in picked if m in allowed]
         if chosen:
             return chosen
+        skip.extend(picked)
     raise NoMitraAvailable("no mitra is available right now; try again shortly")
+
+
+async def _pick_from_postgres(
+    ctx: Context, conn: Any, *, fanout: int, exclude: list[str], now: datetime
+) -> list[str]:
+    """While Valkey is out: the index's order from Postgres (a LIMITed index walk), with
+    each candidate's latest offer counted as activity, so that successive requests
+    rotate through the window instead of all going to its first few."""
+    window = await window_from_postgres(ctx, conn, fanout=fanout, exclude=exclude, now=now)
+    offered = await last_offered(conn, [c.mitra_id for c in window])
+    contenders = [
+        Contender(c.mitra_id, c.load, _later(c.last_active_at, offered.get(c.mitra_id)))
+        for c in window
+    ]
+    return rank(contenders, fanout)
+
+
+def _later(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None or b is None:
+        return a or b
+    return max(a, b)
+
+
+async def _preferred(
+    ctx: Context, conn: Any, mitra_id: UUID, exclude: set[UUID], now: datetime
+) -> list[str]:
+    """The preferred mitra alone, if available now (Valkey's view, then Postgres' last
+    word); NotFound for an id that is no mitra."""
+    reach = await mitra_reachability(ctx, mitra_id, now)  # NotFound for an unknown id
+    wanted = str(mitra_id)
+    if reach.available and mitra_id not in exclude and await offerable(ctx, conn, [wanted]):
+        return [wanted]
+    raise NoMitraAvailable(f"mitra {mitra_id} is not available right now")
 
 
 async def _expire_locked(conn: Any, request_id: UUID, now: datetime) -> Any:

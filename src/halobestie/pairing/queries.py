@@ -61,22 +61,17 @@ async def get_customer_request(ctx: Context, request_id: UUID, customer_id: UUID
         return public_pairing_request(row, await offered_mitras(conn, request_id))
 
 
-# Postgres has the last word on who may be offered anything (the Valkey pool may lag by
-# a write), and knows when each was last active: the most recent start or end of any of
-# their sessions (greatest() skips the NULL closed_at of open sessions).
-CONTENDERS_SQL = """
-SELECT m.id::text AS id, max(greatest(cs.created_at, cs.closed_at)) AS last_active_at
-FROM mitras m
-LEFT JOIN chat_sessions cs ON cs.mitra_id = m.id
-WHERE m.id = ANY($1::uuid[]) AND m.is_active AND m.is_online
-GROUP BY m.id
+# A mitra's latest offer: one backward probe of pairing_offers_mitra_created_idx per id.
+LAST_OFFERED_SQL = """
+SELECT id::text, (SELECT max(o.created_at) FROM pairing_offers o WHERE o.mitra_id = id)
+FROM unnest($1::uuid[]) AS id
 """
 
 
-async def last_active(conn: Any, mitra_ids: Sequence[str]) -> dict[str, datetime | None]:
-    """For those of these mitras still online and active: when they were last active."""
-    rows = await conn.fetch(CONTENDERS_SQL, list(mitra_ids))
-    return {r["id"]: r["last_active_at"] for r in rows}
+async def last_offered(conn: Any, mitra_ids: Sequence[str]) -> dict[str, datetime | None]:
+    """When each of these mitras was last offered a request (None: never)."""
+    rows = await conn.fetch(LAST_OFFERED_SQL, list(mitra_ids))
+    return {r[0]: r[1] for r in rows}
 
 
 OPEN_OFFERS_SQL = """

@@ -1,26 +1,23 @@
 """Who gets a pairing offer: a fair order over the available mitras. Pure, no I/O.
 
-Least loaded first (fewest open sessions), then longest idle (the oldest most recent
-session start or end; a mitra who never had a session is the idlest of all), and a
-random order among mitras equal on both.
+Least loaded first (fewest open sessions), then longest idle (the oldest of: its latest
+session start or end, its latest offer; a mitra who never had either is the idlest of
+all), and a random order among mitras equal on both. The Valkey path applies the same
+order inside Valkey (`availability/ranked.py`); this one serves the Postgres fallback.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from ..availability.ranked import Contender
+
+__all__ = ["Contender", "fairness_key", "rank"]
 
 _NEVER = datetime.min.replace(tzinfo=UTC)
 _system_random = random.SystemRandom()
-
-
-@dataclass(frozen=True)
-class Contender:
-    mitra_id: str
-    load: int  # open (pending_payment or active) sessions
-    last_active_at: datetime | None  # most recent session start or end; None: never
 
 
 def fairness_key(contender: Contender) -> tuple[int, bool, datetime]:

@@ -8,6 +8,7 @@ from typing import Any
 from uuid import UUID
 
 from ..auth.tokens import Principal
+from ..availability.load import record_session_change
 from ..clock import iso
 from ..context import Context
 from ..errors import InvalidState, PaymentReferenceReused
@@ -62,6 +63,7 @@ async def create_pending_session(
     await record_event(
         conn, row["id"], None, "pending_payment", actor_id, "mitra", "offer accepted", now
     )
+    await record_session_change(conn, mitra_id, now)
     due = now + timedelta(seconds=ctx.settings.payment_timeout_seconds)
     await schedule_timer(conn, "payment_timeout", row["id"], due)
     return row

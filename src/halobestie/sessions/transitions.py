@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
+from ..availability.load import record_session_change
 from ..availability.sync import recompute_capacity
 from ..clock import iso
 from ..context import Context
@@ -86,6 +87,9 @@ async def transition(
         now,
     )
     await record_event(conn, row["id"], current, to, actor_id, actor_role, reason, now)
+    # Paying (pending_payment -> active) neither starts nor ends a session: no activity.
+    closed = to not in OPEN
+    await record_session_change(conn, row["mitra_id"], now if closed else None)
     return updated
 
 
