@@ -126,6 +126,7 @@ async def test_every_session_transition_moves_the_load_band_and_idle_since(
         row = await pg.fetchrow(
             "SELECT open_sessions, last_active_at FROM mitras WHERE id = $1", mitra.id
         )
+        assert row is not None
         assert row["open_sessions"] == 0 and row["last_active_at"] > t0
         assert (await _drift(inst))["differences"] == NO_DIFFERENCES
 
