@@ -11,6 +11,8 @@ at one place:
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -66,6 +68,10 @@ class Bounds:
             "statement_timeout": _ms(self.statement),
             "lock_timeout": _ms(self.lock),
             "idle_in_transaction_session_timeout": _ms(self.idle_in_transaction),
+            # Who holds what, in pg_stat_activity and pg_locks: the process, then the host
+            # (Postgres keeps 63 bytes). Without it, a stalled instance holding locks is
+            # one anonymous backend among many.
+            "application_name": f"halobestie pid={os.getpid()} host={socket.gethostname()}",
         }
 
 
