@@ -75,8 +75,19 @@ async def do_create_user(
     return User(**dict(row))
 
 
+# A mitra's login is checked under the lock its deactivation takes (FOR SHARE conflicts
+# with the deactivation's UPDATE of the row): either the deactivation committed first and
+# the login is refused, or it waits for this login to commit and revokes the new auth
+# session with the others. Checked before the password, a deactivation landing during
+# the ~50 ms hash left a live login for a deactivated mitra (issue 9).
+MITRA_ACTIVE_SQL = "SELECT is_active FROM mitras WHERE id = $1 FOR SHARE"
+
+
 async def do_open_session(ctx: Context, user: User, now: datetime) -> Login:
-    async with ctx.db.connection() as conn:
+    """A new auth session (login) for `user`. AccountDeactivated for a deactivated mitra."""
+    async with ctx.db.transaction() as conn:
+        if user.role == "mitra" and not await conn.fetchval(MITRA_ACTIVE_SQL, user.id):
+            raise AccountDeactivated("this mitra account is deactivated; contact an admin")
         session_id: UUID = await conn.fetchval("SELECT gen_random_uuid()")
         refresh, refresh_hash = new_refresh_token(session_id)
         await conn.execute(
@@ -111,17 +122,15 @@ async def do_register_customer(
 async def do_login(ctx: Context, *, email: str, password: str, now: datetime) -> Login:
     async with ctx.db.connection() as conn:
         row = await conn.fetchrow(
-            "SELECT u.id, u.email, u.display_name, u.role, u.password_hash, m.is_active"
-            " FROM users u LEFT JOIN mitras m ON m.id = u.id WHERE lower(u.email) = lower($1)",
+            "SELECT id, email, display_name, role, password_hash"
+            " FROM users WHERE lower(email) = lower($1)",
             email,
         )
     ok = await verify_password(row["password_hash"] if row else None, password)
     if row is None or not ok:
         raise InvalidCredentials("email or password is wrong")
-    if row["is_active"] is False:
-        raise AccountDeactivated("this mitra account is deactivated; contact an admin")
     user = User(row["id"], row["email"], row["display_name"], row["role"])
-    return await do_open_session(ctx, user, now)
+    return await do_open_session(ctx, user, now)  # refuses a deactivated mitra
 
 
 async def do_refresh_session(ctx: Context, *, refresh_token: str, now: datetime) -> Login:
@@ -136,6 +145,10 @@ async def do_refresh_session(ctx: Context, *, refresh_token: str, now: datetime)
     secret = ctx.settings.jwt_secret
     new_token, new_hash = successor_refresh_token(secret, refresh_token, session_id)
     async with ctx.db.transaction() as conn:
+        # Logout and deactivation revoke by UPDATE of this row, so they and a refresh are
+        # serialised on its lock: a revocation that commits first is seen here (FOR UPDATE
+        # reads the row's newest version); one that comes after revokes the rotated pair
+        # too. `m.is_active` is only the snapshot's: the revocation is what counts.
         row = await conn.fetchrow(
             "SELECT s.refresh_token_hash, s.refreshed_at, s.expires_at, s.revoked_at,"
             " u.id, u.email, u.display_name, u.role, m.is_active"

@@ -3,7 +3,8 @@
 One transaction: the request row is locked (FOR UPDATE), so concurrent accepts of one
 request queue on it and each sees what the one before did; the mitra's row is locked
 too, so two accepts of different requests by one mitra cannot both pass the capacity
-check. The winner's session is created in `pending_payment` with its payment timer, the
+check, and the mitra's eligibility (active) is checked under the lock its deactivation
+takes. The winner's session is created in `pending_payment` with its payment timer, the
 request becomes `matched` and its expiry timer is cancelled; capacity and events follow
 after the commit.
 """
@@ -15,7 +16,14 @@ from typing import Any
 from uuid import UUID
 
 from ..context import Context
-from ..errors import AlreadyTaken, AtCapacity, NotFound, NotOffered, RequestClosed
+from ..errors import (
+    AlreadyTaken,
+    AtCapacity,
+    MitraDeactivated,
+    NotFound,
+    NotOffered,
+    RequestClosed,
+)
 from ..sessions import actions as session_actions
 from ..sessions.timers import AfterCommit, cancel_timer, run_after_commit
 from ..sessions.transitions import OPEN, SESSION_COLUMNS, after_session_change
@@ -40,10 +48,20 @@ async def _previous_win(conn: Any, request: Any, mitra_id: UUID) -> Any | None:
     )
 
 
-async def _lock_capacity(ctx: Context, conn: Any, mitra_id: UUID) -> None:
-    locked = await conn.fetchval("SELECT id FROM mitras WHERE id = $1 FOR NO KEY UPDATE", mitra_id)
-    if locked is None:
+async def _lock_eligible(ctx: Context, conn: Any, mitra_id: UUID) -> None:
+    """Lock the mitra's row and check, under that lock, what the accept depends on: the
+    mitra is active and has capacity left. Deactivation takes this row too, so it either
+    committed before (refused here: 403) or waits for this accept to commit and then
+    closes the session it created (`availability.actions.do_set_mitra_active`). Being
+    online is not required: going offline means "offer me nothing new", and an offer
+    already made stays the mitra's to take (an accept is also proof of life)."""
+    is_active = await conn.fetchval(
+        "SELECT is_active FROM mitras WHERE id = $1 FOR NO KEY UPDATE", mitra_id
+    )
+    if is_active is None:
         raise NotFound(f"no mitra with id {mitra_id}")
+    if not is_active:
+        raise MitraDeactivated(f"mitra {mitra_id} is deactivated")
     open_sessions = await conn.fetchval(CAPACITY_SQL, mitra_id, list(OPEN))
     limit = ctx.settings.mitra_max_concurrent_sessions
     if open_sessions >= limit:
@@ -57,7 +75,7 @@ async def do_accept_pairing_request(
 ) -> Any:
     """The new chat session row (or, for a retried winning accept, the one it won).
     NotOffered, RequestClosed (expired, cancelled or past its expiry), AlreadyTaken,
-    AtCapacity otherwise."""
+    MitraDeactivated, AtCapacity otherwise."""
     effects: list[AfterCommit] = []
     async with ctx.db.transaction() as conn:
         request = await lock_request(conn, request_id)
@@ -73,7 +91,7 @@ async def do_accept_pairing_request(
         if status != "searching" or request["expires_at"] <= now:
             closed = status if status != "searching" else "expired"
             raise RequestClosed(f"pairing request {request_id} is {closed}")
-        await _lock_capacity(ctx, conn, mitra_id)
+        await _lock_eligible(ctx, conn, mitra_id)
         session = await session_actions.create_pending_session(
             ctx,
             conn,

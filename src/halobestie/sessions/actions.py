@@ -17,6 +17,7 @@ from . import lifecycle  # noqa: F401  (registers the session timers' handlers)
 from .queries import is_party, not_found
 from .timers import AfterCommit, TimerKind, cancel_timer, run_after_commit, schedule_timer
 from .transitions import (
+    OPEN,
     SESSION_COLUMNS,
     ActorRole,
     Status,
@@ -75,6 +76,40 @@ async def lock_for_change(conn: Any, session_id: UUID) -> Any:
     wait for each other instead of deadlocking. NotFound for an unknown id."""
     await conn.execute(LOCK_TIMERS_SQL, session_id, list(SESSION_TIMERS))
     return await lock_session(conn, session_id)
+
+
+OPEN_OF_MITRA_SQL = """
+SELECT id FROM chat_sessions WHERE mitra_id = $1 AND status = ANY($2::text[]) ORDER BY id
+"""
+
+
+async def open_session_ids(conn: Any, mitra_id: UUID) -> list[UUID]:
+    """Ids of the mitra's `pending_payment` and `active` sessions, in id order (unlocked:
+    what the statement's snapshot saw)."""
+    return [r["id"] for r in await conn.fetch(OPEN_OF_MITRA_SQL, mitra_id, list(OPEN))]
+
+
+async def lock_sessions_for_change(conn: Any, session_ids: list[UUID]) -> list[Any]:
+    """`lock_for_change` for each session, in the given order (callers pass id order, so
+    two such callers cannot deadlock with each other). The rows as they are once locked:
+    some may have closed meanwhile."""
+    return [await lock_for_change(conn, session_id) for session_id in session_ids]
+
+
+async def close_locked(
+    conn: Any, row: Any, *, actor_id: UUID | None, actor_role: ActorRole, reason: str,
+    now: datetime,
+) -> Any:  # fmt: skip
+    """Close an open session locked with `lock_for_change`: active -> ended,
+    pending_payment -> cancelled, its timers cancelled. The caller runs
+    `after_session_change` after its commit."""
+    to: Status = "ended" if row["status"] == "active" else "cancelled"
+    row = await transition(
+        conn, row, to, actor_id=actor_id, actor_role=actor_role, reason=reason, now=now
+    )
+    for kind in SESSION_TIMERS:
+        await cancel_timer(conn, kind, row["id"])
+    return row
 
 
 async def _lock_as_party(conn: Any, session_id: UUID, principal: Principal) -> Any:
@@ -176,16 +211,13 @@ async def do_end_session(
     already closed is returned as it is (idempotent: retries and both parties at once)."""
     async with ctx.db.transaction() as conn:
         row = await _lock_as_party(conn, session_id, principal)
-        if row["status"] not in ("active", "pending_payment"):
+        if row["status"] not in OPEN:
             return row
-        to: Status = "ended" if row["status"] == "active" else "cancelled"
         role: ActorRole = "customer" if principal.role == "customer" else "mitra"
-        row = await transition(
-            conn, row, to, actor_id=principal.user_id, actor_role=role,
+        row = await close_locked(
+            conn, row, actor_id=principal.user_id, actor_role=role,
             reason=f"ended by the {principal.role}", now=now,
         )  # fmt: skip
-        for kind in SESSION_TIMERS:
-            await cancel_timer(conn, kind, session_id)
     await after_session_change(ctx, [row])
     return row
 

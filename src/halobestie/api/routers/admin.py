@@ -54,9 +54,9 @@ async def list_mitras(_: Admin, ctx: CtxDep) -> dict[str, Any]:
 
 @router.patch("/mitras/{mitra_id}")
 async def patch_mitra(
-    mitra_id: UUID, body: MitraPatchBody, _: Admin, ctx: CtxDep, now: NowDep
+    mitra_id: UUID, body: MitraPatchBody, admin: Admin, ctx: CtxDep, now: NowDep
 ) -> dict[str, Any]:
-    view = await do_set_mitra_active(ctx, mitra_id, body.is_active, now)
+    view = await do_set_mitra_active(ctx, mitra_id, body.is_active, now, actor_id=admin.user_id)
     return {"mitra": view.public()}
 
 
