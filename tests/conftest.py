@@ -86,6 +86,11 @@ def settings_for(**overrides: Any) -> Settings:
         "VALKEY_PROBE_INTERVAL_SECONDS": 0.05,
         "VALKEY_OPERATION_TIMEOUT_SECONDS": 0.3,
         "DATABASE_TIMEOUT_SECONDS": 2,
+        # Above the 0.8 s that DATABASE_TIMEOUT_SECONDS implies: a test process shares two
+        # cores with Postgres, Valkey and other runs, and a healthy transaction starved
+        # of its event loop for 0.8 s would be cut off (seen under a load average of 8).
+        "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS": 1.2,
+        "DATABASE_LOCK_TIMEOUT_SECONDS": 1.5,
         "LOG_LEVEL": "WARNING",
     }
     values.update(overrides)

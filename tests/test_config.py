@@ -137,7 +137,7 @@ def test_a_zero_refresh_reuse_leeway_turns_the_window_off(env: pytest.MonkeyPatc
 
 @pytest.mark.parametrize(
     ("timeout", "statement", "lock", "idle"),
-    [(None, 4, 3, 2), ("10", 8, 6, 4), ("1", 0.8, 0.6, 0.4)],
+    [(None, 4, 3.5, 2), ("10", 8, 7, 4), ("1", 0.8, 0.7, 0.4)],
 )
 def test_the_database_bounds_follow_the_database_timeout_by_default(
     env: pytest.MonkeyPatch, timeout: str | None, statement: float, lock: float, idle: float
@@ -177,7 +177,7 @@ def test_bad_database_bounds_are_refused_naming_the_variable(
         ({"DATABASE_TIMEOUT_SECONDS": "3", "DATABASE_STATEMENT_TIMEOUT_SECONDS": "4"},
          "DATABASE_STATEMENT_TIMEOUT_SECONDS"),
         # A lock waiter must outlast a stalled holder, whom Postgres cuts off.
-        ({"DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS": "3"},
+        ({"DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS": "4"},
          "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS"),
         ({"DATABASE_LOCK_TIMEOUT_SECONDS": "1"}, "DATABASE_LOCK_TIMEOUT_SECONDS"),
     ],

@@ -190,11 +190,12 @@ class Settings(DatabaseSettings):
 
     @property
     def lock_timeout_bound(self) -> float:
-        """Seconds; default 0.6 x DATABASE_TIMEOUT_SECONDS. Above the idle-in-transaction
-        bound, so a waiter behind a frozen holder gets the lock once Postgres cuts it;
-        above the seed's hold of its advisory lock (~2 s at 100k), which writers wait for."""
+        """Seconds; default 0.7 x DATABASE_TIMEOUT_SECONDS. Above the idle-in-transaction
+        bound, so a waiter behind a frozen holder gets the lock once it is cut off (by
+        Postgres, or by stalls.py within a quarter of that bound more); above the seed's
+        hold of its advisory lock (~2 s at 100k), which mirror writers wait for."""
         value = self.database_lock_timeout_seconds
-        return value if value is not None else 0.6 * self.database_timeout_seconds
+        return value if value is not None else 0.7 * self.database_timeout_seconds
 
     @property
     def idle_in_transaction_bound(self) -> float:

@@ -68,11 +68,21 @@ class Bounds:
             "statement_timeout": _ms(self.statement),
             "lock_timeout": _ms(self.lock),
             "idle_in_transaction_session_timeout": _ms(self.idle_in_transaction),
-            # Who holds what, in pg_stat_activity and pg_locks: the process, then the host
-            # (Postgres keeps 63 bytes). Without it, a stalled instance holding locks is
-            # one anonymous backend among many.
-            "application_name": f"halobestie pid={os.getpid()} host={socket.gethostname()}",
+            "application_name": application_name(),
         }
+
+
+# Backends of the app's pools; stalls.py terminates stalled ones by this name.
+APPLICATION_NAME_PREFIX = "halobestie pid="
+
+
+def application_name(role: str = "") -> str:
+    """Who holds what, in pg_stat_activity and pg_locks: `halobestie pid=<pid>
+    host=<host>` for the pools, `halobestie <role> pid=...` for other connections
+    (Postgres keeps 63 bytes). Without it a stalled instance holding locks is one
+    anonymous backend among many."""
+    who = f"halobestie {role} " if role else "halobestie "
+    return f"{who}pid={os.getpid()} host={socket.gethostname()}"
 
 
 def _ms(seconds: float) -> str:

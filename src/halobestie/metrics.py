@@ -83,6 +83,15 @@ class Metrics:
         )
         for bound in ("lock_timeout", "statement_timeout"):
             self.db_bounds_reached.labels(bound=bound)
+        self.stalled_backends_terminated = Counter(
+            "halobestie_db_stalled_backends_terminated_total",
+            "Backends of a stalled instance (frozen mid-statement, or idle holding an"
+            " advisory lock) that this instance terminated to free their locks.",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ("mid_statement", "idle_holding_advisory_lock"):
+            self.stalled_backends_terminated.labels(kind=kind)
         self.snapshot_computations = Counter(
             "halobestie_availability_snapshot_computations_total",
             "Beacon snapshots computed (the rest were served from the shared cache).",

@@ -18,6 +18,7 @@ from .logs import get_logger
 from .metrics import Metrics
 from .sessions import lifecycle  # noqa: F401  (timer handlers, before restore_timers)
 from .sessions.timers import TimerRunner, restore_timers
+from .stalls import StallReaper
 
 log = get_logger(__name__)
 
@@ -60,13 +61,28 @@ class Runtime:
         )
         self.sweeps = SweepRunner(self.ctx)
         self.timers = TimerRunner(self.ctx)
+        self.reaper = StallReaper(
+            settings.asyncpg_dsn,
+            metrics,
+            mid_statement=settings.idle_in_transaction_bound,
+            idle_holding=settings.database_timeout_seconds,
+            timeout=settings.database_timeout_seconds,
+        )
 
     async def start(self) -> None:
         ctx = self.ctx
         await ctx.db.open()
+        # Fleet upkeep like the sweeps and timers, and off with them (benchmarks count
+        # every statement); first: restoring timers may wait on a stalled holder.
+        if ctx.settings.sweeps_enabled or ctx.settings.timers_enabled:
+            self.reaper.start()
         ctx.mirror.set_seeder(lambda reason: seed_mirror(ctx, reason))
-        restored = await restore_timers(ctx, ctx.clock.now())
-        seeded = await ctx.mirror.ensure_seeded("startup")
+        try:
+            restored = await restore_timers(ctx, ctx.clock.now())
+            seeded = await ctx.mirror.ensure_seeded("startup")
+        except BaseException:
+            await self.reaper.stop()
+            raise
         if not seeded:
             log.warning("starting_degraded", detail="Valkey unreachable; serving from Postgres")
         ctx.mirror.start()
@@ -81,5 +97,6 @@ class Runtime:
         await self.ctx.events.stop()
         await self.timers.stop()
         await self.sweeps.stop()
+        await self.reaper.stop()
         await self.ctx.mirror.close()
         await self.ctx.db.close()
