@@ -7,13 +7,16 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from pydantic import ValidationError
 
 from .config import DatabaseSettings, Settings, describe_error, load_settings
 from .logs import redact_url
+
+if TYPE_CHECKING:
+    from .simulator import DemoConfig
 
 T = TypeVar("T")
 
@@ -36,10 +39,9 @@ def _migrate(dsn: str) -> None:
         ) from None
 
 
-def _serve(settings: Settings, host: str, port: int) -> None:
+def _app_and_options(settings: Settings) -> tuple[Any, dict[str, Any]]:
+    """The app and uvicorn's options, as `serve` and `dev` both serve it."""
     import gc
-
-    import uvicorn
 
     from .api.app import create_app
 
@@ -50,16 +52,32 @@ def _serve(settings: Settings, host: str, port: int) -> None:
     # 50 -> 8.5 ms.
     gc.collect()
     gc.freeze()
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        loop="uvloop" if sys.platform != "win32" else "asyncio",
-        http="httptools",
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        proxy_headers=True,
-    )
+    return app, {
+        "loop": "uvloop" if sys.platform != "win32" else "asyncio",
+        "http": "httptools",
+        "log_level": settings.log_level.lower(),
+        "access_log": False,
+        "proxy_headers": True,
+    }
+
+
+def _serve(settings: Settings, host: str, port: int) -> None:
+    import uvicorn
+
+    app, options = _app_and_options(settings)
+    uvicorn.run(app, host=host, port=port, **options)
+
+
+def _serve_dev(settings: Settings, host: str, port: int, demo: DemoConfig | None) -> None:
+    """Serve until SIGINT/SIGTERM, with the demo traffic when asked (devserve.py)."""
+    import uvicorn
+
+    from .devserve import STARTUP_FAILURE, DemoTraffic, serve_dev
+
+    app, options = _app_and_options(settings)
+    config = uvicorn.Config(app, host=host, port=port, **options)
+    if not serve_dev(config, DemoTraffic(demo) if demo is not None else None):
+        sys.exit(STARTUP_FAILURE)
 
 
 @click.group()
@@ -116,10 +134,34 @@ def create_admin(email: str, password: str) -> None:
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-def dev(data_dir: Path, host: str, port: int) -> None:
+@click.option(
+    "--demo/--no-demo",
+    default=False,
+    show_default=True,
+    help="Also run simulated mitras, customers and an admin against the server, through "
+    "its public API (docs/subsystems/console.md).",
+)
+@click.option(
+    "--demo-rate",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 50),
+    help="How busy the simulated people are: 2 acts twice as often.",
+)
+@click.option("--demo-mitras", default=8, show_default=True, type=click.IntRange(1, 500))
+@click.option("--demo-customers", default=5, show_default=True, type=click.IntRange(1, 500))
+def dev(
+    data_dir: Path,
+    host: str,
+    port: int,
+    demo: bool,
+    demo_rate: float,
+    demo_mitras: int,
+    demo_customers: int,
+) -> None:
     """One-command demo: embedded Postgres and Valkey (when the URLs are unset),
-    migrations, demo users, then serve."""
-    from .demo import DEMO_LOGINS, seed_demo
+    migrations, demo users, then serve; with --demo, simulated traffic too."""
+    from .demo import DEMO_LOGINS, DEMO_TIMINGS, seed_demo
     from .devservers import start_local_servers
 
     click.echo("starting the servers (embedded where DATABASE_URL / VALKEY_URL are unset) ...")
@@ -140,6 +182,8 @@ def dev(data_dir: Path, host: str, port: int) -> None:
     env.setdefault(
         "PAYMENT_WEBHOOK_SECRET", os.environ.get("PAYMENT_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET)
     )
+    if demo:  # cadences short enough to watch, unless the environment sets them
+        env.update({k: v for k, v in DEMO_TIMINGS.items() if k not in os.environ})
     try:
         settings = _settings(lambda: load_settings(**env))
         _migrate(settings.asyncpg_dsn)
@@ -152,11 +196,70 @@ def dev(data_dir: Path, host: str, port: int) -> None:
             f"  health     {base}/readyz   metrics {base}/metrics\n"
             f"  Postgres   {redact_url(settings.database_url)}\n"
             f"  Valkey     {redact_url(settings.valkey_url)}\n"
+            f"  console    {base}/admin  (log in as the admin below)\n"
+            f"  payments   PAYMENT_WEBHOOK_SECRET={settings.payment_webhook_secret}\n"
+            f"             pay a session: halobestie pay SESSION_ID --base-url {base}\n"
             "  logins (POST /api/auth/login):"
         )
+        admin_email, admin_password = "", ""
         for role, email, password in DEMO_LOGINS:
             click.echo(f"    {role:<9} {email:<28} {password}")
+            if role == "admin":
+                admin_email, admin_password = email, password
+        demo_config = None
+        if demo:
+            from .simulator import DemoConfig
+
+            demo_config = DemoConfig(
+                base_url=f"http://{_client_host(host)}:{port}",
+                admin_email=admin_email,
+                admin_password=admin_password,
+                webhook_secret=settings.payment_webhook_secret,
+                mitras=demo_mitras,
+                customers=demo_customers,
+                rate=demo_rate,
+            )
+            click.echo(
+                f"  demo       {demo_mitras} simulated mitras and {demo_customers} customers"
+                f" (rate {demo_rate:g}): watch them on the console; Ctrl-C stops everything"
+            )
         click.echo("")
-        _serve(settings, host, port)
+        _serve_dev(settings, host, port, demo_config)
     finally:
         servers.stop()
+
+
+def _client_host(host: str) -> str:
+    """Where a local client reaches a server bound to `host`."""
+    return {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, host)  # noqa: S104
+
+
+@main.command()
+@click.argument("session_id", type=click.UUID)
+@click.option("--base-url", default="http://127.0.0.1:8000", show_default=True)
+@click.option(
+    "--secret",
+    default=None,
+    help="The server's PAYMENT_WEBHOOK_SECRET (default: the dev secret `halobestie dev` uses).",
+)
+@click.option("--reference", default=None, help="The provider's reference (default: random).")
+def pay(session_id: Any, base_url: str, secret: str | None, reference: str | None) -> None:
+    """Tell the server a session was paid: the signed payment webhook (for dev and demos)."""
+    import uuid
+
+    from .config import DEV_WEBHOOK_SECRET
+    from .simulator.client import ApiError, ServerGone, send_payment
+
+    try:
+        answer = asyncio.run(
+            send_payment(
+                base_url,
+                secret or DEV_WEBHOOK_SECRET,
+                str(session_id),
+                reference or f"dev-{uuid.uuid4().hex}",
+            )
+        )
+    except (ApiError, ServerGone) as exc:
+        raise click.ClickException(str(exc)) from None
+    session = answer["session"]
+    click.echo(f"session {session['id']} is {session['status']} until {session['ends_at']}")

@@ -18,6 +18,16 @@ DEMO_LOGINS = [
     ("customer", "customer@halobestie.dev", DEMO_PASSWORD_CUSTOMER),
 ]
 
+# `halobestie dev --demo`: cadences short enough to watch mitras go silent and be swept
+# offline, offers expire and unpaid sessions time out (each overridable by its variable).
+DEMO_TIMINGS = {
+    "HEARTBEAT_INTERVAL_SECONDS": "5",
+    "HEARTBEAT_STALE_SECONDS": "15",
+    "MITRA_AUTO_OFFLINE_SWEEP_SECONDS": "5",
+    "PAIRING_OFFER_TTL_SECONDS": "20",
+    "PAYMENT_TIMEOUT_SECONDS": "60",
+}
+
 
 @dataclass(frozen=True)
 class _DbOnly:

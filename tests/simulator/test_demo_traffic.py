@@ -1,0 +1,165 @@
+"""The demo traffic (`halobestie dev --demo`) against a real server: it drives every flow
+through the public API and WebSocket, and stops cleanly, leaving nobody online."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from halobestie.clock import SystemClock
+from halobestie.simulator import Behaviour, DemoConfig, Simulation
+from tests.conftest import Servers, eventually
+from tests.events.live import Live, LiveFactory
+from tests.factories import PASSWORD, make_user
+from tests.multi.processes import free_port
+
+# Seconds, so that a test sees mitras swept offline, offers expire and payments time out.
+FAST = {
+    "TIMERS_ENABLED": True,
+    "SWEEPS_ENABLED": True,
+    "HEARTBEAT_INTERVAL_SECONDS": 1,
+    "HEARTBEAT_STALE_SECONDS": 2,
+    "MITRA_AUTO_OFFLINE_SWEEP_SECONDS": 1,
+    "PAIRING_OFFER_TTL_SECONDS": 3,
+    "PAYMENT_TIMEOUT_SECONDS": 3,
+    "AVAILABILITY_SNAPSHOT_TTL_SECONDS": 1,
+}
+# Everything happens within seconds (sessions are still booked by the minute, so they
+# are ended rather than left to expire here).
+BRISK = Behaviour(
+    think=(0.5, 1.5),
+    durations=(1,),
+    accept_delay=(0.1, 0.4),
+    pay_delay=(0.1, 0.4),
+    extend_probability=0.6,
+    extend_after=(0.2, 0.6),
+    end_early_probability=1.0,
+    end_after=(0.5, 1.5),
+    silence_probability=0.2,
+    break_probability=0.05,
+    break_length=(0.5, 1.0),
+    churn_every=(1.0, 2.0),
+    deactivated_for=(1.0, 2.0),
+)
+SIM_EMAILS = "%@sim.halobestie.dev"
+
+
+@asynccontextmanager
+async def simulation(live: Live, **overrides: Any) -> AsyncIterator[Simulation]:
+    admin = await make_user(live.ctx, "admin")
+    config = DemoConfig(
+        base_url=f"http://127.0.0.1:{live.port}",
+        admin_email=admin.user.email,
+        admin_password=PASSWORD,
+        webhook_secret=live.ctx.settings.payment_webhook_secret,
+        **{"mitras": 4, "customers": 3, "seed": 7, "behaviour": BRISK, **overrides},
+    )
+    sim = Simulation(config)
+    task = asyncio.create_task(sim.run())
+    try:
+        yield sim
+    finally:
+        sim.stop()
+        await asyncio.wait_for(task, 20)
+
+
+async def test_the_demo_pairs_pays_extends_ends_sweeps_and_churns_through_the_api(
+    live_app: LiveFactory, pg: asyncpg.Connection
+) -> None:
+    wanted = (
+        "mitra_online", "heartbeat", "accepted", "paid", "extended", "closed_ended",
+        "deactivated", "reactivated", "mitra_saw_deactivation", "mitra_swept_offline",
+    )  # fmt: skip
+    async with live_app(clock=SystemClock(), **FAST) as live, simulation(live) as sim:
+        await eventually(lambda: all(sim.stats.get(k) for k in wanted), within=45)
+        # What the server recorded, not what the simulator believes it did.
+        paid = await pg.fetchval("SELECT count(*) FROM payments WHERE reference LIKE 'sim-%'")
+        assert paid >= 1
+        reasons = {r["reason"] for r in await pg.fetch("SELECT reason FROM chat_session_events")}
+        assert {"offer accepted", "ended by the customer"} <= reasons
+        assert any(r.startswith("extended by 1 minutes") for r in reasons), reasons
+    # Stopped: nobody simulated is left online, deactivated or searching.
+    rows = await pg.fetch(
+        "SELECT m.is_online, m.is_active FROM mitras m JOIN users u USING (id)"
+        " WHERE u.email LIKE $1",
+        SIM_EMAILS,
+    )
+    assert len(rows) == 4
+    assert not any(r["is_online"] for r in rows) and all(r["is_active"] for r in rows)
+    assert await pg.fetchval("SELECT count(*) FROM pairing_requests WHERE status='searching'") == 0
+
+
+async def test_a_second_run_finds_its_people_again(
+    live_app: LiveFactory, pg: asyncpg.Connection
+) -> None:
+    async with live_app(clock=SystemClock(), **FAST) as live:
+        for _ in range(2):
+            async with simulation(live, mitras=2, customers=1, churn=False) as sim:
+                await eventually(lambda: sim.stats.get("heartbeat"), within=20)
+    assert await pg.fetchval("SELECT count(*) FROM users WHERE email LIKE $1", SIM_EMAILS) == 3
+
+
+async def test_the_demo_rides_out_a_server_that_is_not_there_and_stops_on_request() -> None:
+    config = DemoConfig(
+        base_url=f"http://127.0.0.1:{free_port()}",
+        admin_email="admin@example.com",
+        admin_password=PASSWORD,
+        webhook_secret="x" * 16,
+    )
+    sim = Simulation(config)
+    task = asyncio.create_task(sim.run())
+    await asyncio.sleep(0.5)
+    sim.stop()
+    await asyncio.wait_for(task, 5)  # returns, does not raise
+    assert not sim.started.is_set()
+
+
+# --- the dev command -----------------------------------------------------------------------
+
+EXE = Path(sys.executable).parent / "halobestie"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+async def test_dev_demo_stops_cleanly_on_a_signal(
+    clean: Servers, pg: asyncpg.Connection, tmp_path: Path, sig: signal.Signals
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "HALOBESTIE_"))}
+    env.update(DATABASE_URL=clean.database_url, VALKEY_URL=clean.valkey_url, LOG_LEVEL="WARNING")
+    proc = await asyncio.create_subprocess_exec(
+        str(EXE), "dev", "--demo", "--demo-rate", "5", "--demo-mitras", "2",
+        "--demo-customers", "1", "--port", str(free_port()), "--data-dir", str(tmp_path),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+
+        async def sim_mitras_online() -> bool:
+            return bool(
+                await pg.fetchval(
+                    "SELECT count(*) FROM mitras m JOIN users u USING (id)"
+                    " WHERE u.email LIKE $1 AND m.is_online",
+                    SIM_EMAILS,
+                )
+            )
+
+        await eventually(sim_mitras_online, within=60)
+        proc.send_signal(sig)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = out.decode() + err.decode()
+    assert proc.returncode == 0, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    assert "/admin" in out.decode()  # the banner names the console
+    # The farewell reached the server before it shut down.
+    assert not await sim_mitras_online()
