@@ -3,6 +3,7 @@ in one transaction; when nobody else is available nothing changes."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
@@ -155,3 +156,32 @@ async def test_reroute_while_the_customer_already_searches_is_409_and_changes_no
     assert await session_status(pg, sid) == "pending_payment"
     assert set(await timers(pg, sid)) == {"payment_timeout"}
     assert await assert_capacity_mirrored(pg, valkey, cast.mitra) == 1
+
+
+async def test_a_reroute_racing_the_accept_of_the_customers_other_search_never_deadlocks(
+    roomy: Instance, pg: asyncpg.Connection
+) -> None:
+    """The reroute locks the customer's searching request before its transition locks the
+    mitra's row, the order the accept takes them in: no 40P01 (a 500), whichever wins."""
+    inst = roomy
+    for _ in range(5):
+        cast = await make_cast(inst)
+        await online(inst, cast.mitra, cast.other_mitra)
+        session_id = await make_pending_session(inst, cast.customer, cast.mitra)
+        r = await inst.client.post(
+            "/api/pairing/requests",
+            json={"duration_minutes": 30, "mitra_id": str(cast.mitra.id)},
+            headers=cast.customer.headers,
+        )
+        assert r.status_code == 201, r.text
+        request_id = r.json()["pairing_request"]["id"]
+
+        reroute, accept = await asyncio.gather(
+            inst.client.post(url(session_id, "reroute"), headers=cast.customer.headers),
+            inst.client.post(
+                f"/api/pairing/requests/{request_id}/accept", headers=cast.mitra.headers
+            ),
+        )
+
+        assert reroute.status_code in (200, 201, 409), reroute.text
+        assert accept.status_code in (200, 409), accept.text

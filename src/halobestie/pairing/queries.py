@@ -28,6 +28,17 @@ def public_pairing_request(row: Any, offered_to: Sequence[UUID | str]) -> dict[s
     }
 
 
+async def lock_customer_search(conn: Any, customer_id: UUID) -> None:
+    """Lock the customer's searching request, if any. A reroute takes it before its
+    session transition locks the mitra's row: the accept of that request takes the
+    request, then the mitra (`accept.py`), and one order for both means no deadlock."""
+    await conn.execute(
+        "SELECT id FROM pairing_requests WHERE customer_id = $1 AND status = 'searching'"
+        " FOR UPDATE",
+        customer_id,
+    )
+
+
 async def offered_mitras(conn: Any, request_id: UUID) -> list[UUID]:
     rows = await conn.fetch(
         "SELECT mitra_id FROM pairing_offers WHERE request_id = $1 ORDER BY mitra_id",

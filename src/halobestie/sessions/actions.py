@@ -13,6 +13,7 @@ from ..clock import iso
 from ..context import Context
 from ..errors import InvalidState, PaymentReferenceReused
 from ..pairing.actions import open_pairing_request
+from ..pairing.queries import lock_customer_search
 from . import lifecycle  # noqa: F401  (registers the session timers' handlers)
 from .queries import is_party, not_found
 from .timers import AfterCommit, TimerKind, cancel_timer, run_after_commit, schedule_timer
@@ -234,6 +235,7 @@ async def do_reroute_session(
             raise InvalidState(
                 f"chat session {session_id} is {row['status']}; it cannot be rerouted"
             )
+        await lock_customer_search(conn, row["customer_id"])  # before the mitra's row
         row = await transition(
             conn, row, "rerouted", actor_id=principal.user_id, actor_role="customer",
             reason="rerouted by the customer", now=now,
