@@ -10,13 +10,14 @@ from starlette.types import Receive, Scope, Send
 
 from ..clock import Clock
 from ..config import Settings
+from ..console.feed import AdminFeed
 from ..events import ws
 from ..logs import configure_logging
 from ..runtime import Runtime
 from .errors import install_error_handlers
 from .hotpath import HotPath
 from .limits import BodyLimitMiddleware
-from .routers import admin, auth, mitra, ops, pairing, payments, public, sessions
+from .routers import admin, auth, console, mitra, ops, pairing, payments, public, sessions
 
 
 class HalobestieApp(FastAPI):
@@ -34,6 +35,7 @@ class HalobestieApp(FastAPI):
 def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     configure_logging(settings.log_level)
     runtime = Runtime(settings, clock)
+    feed = AdminFeed(runtime.ctx)  # admin.counts to this instance's admins (console.md)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -41,17 +43,20 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await feed.stop()
             await runtime.stop()
 
     app = HalobestieApp(title="halobestie", version="0.1.0", lifespan=lifespan)
     app.hotpath = HotPath(runtime.ctx)
     app.state.ctx = runtime.ctx
     app.state.runtime = runtime
+    app.state.admin_feed = feed
     for route in ws.routes:
         app.router.routes.append(route)
     routers = (auth.router, admin.router, mitra.router, public.router, ops.router, pairing.router)
-    for router in (*routers, sessions.router, payments.router):
+    for router in (*routers, sessions.router, payments.router, console.router):
         app.include_router(router)
+    app.mount("/admin/static", console.static, name="console-static")
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware)
     return app

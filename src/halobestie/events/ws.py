@@ -108,6 +108,10 @@ async def events_socket(websocket: WebSocket) -> None:
     # published after it was queued reaches this socket.
     outbox.put(event("ready", {"user_id": str(principal.user_id), "role": principal.role}))
     ctx.events.attach(principal.user_id, outbox)
+    # Admins also get `admin.counts` from this instance's feed (console/feed.py).
+    feed = websocket.app.state.admin_feed if principal.role == "admin" else None
+    if feed is not None:
+        feed.watch(principal.user_id)
     tasks = [
         asyncio.create_task(_read(websocket, outbox)),
         asyncio.create_task(_write(websocket, outbox)),
@@ -121,6 +125,8 @@ async def events_socket(websocket: WebSocket) -> None:
         close = Close(1011, "internal error")
     finally:
         ctx.events.detach(principal.user_id, outbox)
+        if feed is not None:
+            feed.unwatch(principal.user_id)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
