@@ -8,7 +8,6 @@
   const $ = (id) => document.getElementById(id);
   const STORE = "halobestie.console";
   const PAGE_SIZE = 25;
-  const CHART_MS = 10 * 60 * 1000;
   const SLOW_REFRESH_MS = 30000;
   const LIST_REFRESH_MS = 2000;
   const SERIES = [
@@ -267,54 +266,13 @@
     }
   }
 
-  // -- chart (inline SVG) ---------------------------------------------------------------
-
-  const SVG = "http://www.w3.org/2000/svg";
-
-  function svg(tag, attrs) {
-    const el = document.createElementNS(SVG, tag);
-    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
-    return el;
-  }
+  // -- chart (chart.js) -------------------------------------------------------------------
 
   function drawChart() {
-    const now = Date.now() + offsetMs;
-    samples = samples.filter((p) => p.at >= now - CHART_MS);
-    const chart = $("chart");
-    chart.replaceChildren();
-    // Drawn in the element's own pixels, so text keeps its shape on a phone.
-    const W = Math.max(chart.clientWidth || 600, 200), H = 180, left = 34, top = 8, bottom = 20;
-    chart.setAttribute("viewBox", "0 0 " + W + " " + H);
-    let max = 1;
-    for (const p of samples) for (const [, , get] of SERIES) max = Math.max(max, get(p) || 0);
-    const x = (t) => left + ((t - (now - CHART_MS)) / CHART_MS) * (W - left - 4);
-    const y = (v) => top + (1 - v / max) * (H - top - bottom);
-    for (const v of [0, Math.round(max / 2), max]) {
-      chart.append(svg("line", { x1: left, x2: W - 4, y1: y(v), y2: y(v), class: "grid" }));
-      const label = svg("text", { x: left - 6, y: y(v) + 4, "text-anchor": "end", class: "axis" });
-      label.textContent = v;
-      chart.append(label);
-    }
-    for (const [t, text] of [[now - CHART_MS, "−10 min"], [now - CHART_MS / 2, "−5 min"], [now, "now"]]) {
-      const label = svg("text", { x: x(t), y: H - 4, "text-anchor": t === now ? "end" : "middle", class: "axis" });
-      label.textContent = text;
-      chart.append(label);
-    }
-    const legend = $("legend");
-    legend.replaceChildren();
-    const summary = [];
-    for (const [key, name, get] of SERIES) {
-      const points = samples.filter((p) => get(p) != null).map((p) => x(p.at).toFixed(1) + "," + y(get(p)).toFixed(1));
-      if (points.length) chart.append(svg("polyline", { points: points.join(" "), class: "s-" + key }));
-      const last = samples.length ? get(samples[samples.length - 1]) : null;
-      const item = document.createElement("li");
-      const swatch = document.createElement("span");
-      swatch.className = "swatch s-" + key;
-      item.append(swatch, name + (last == null ? "" : ": " + last));
-      legend.append(item);
-      if (samples.length) summary.push(name + " from " + (get(samples[0]) ?? "–") + " to " + (last ?? "–"));
-    }
-    $("chart-desc").textContent = samples.length ? "Over the last 10 minutes: " + summary.join("; ") + "." : "No samples yet.";
+    samples = window.HalobestieChart.draw({
+      svg: $("chart"), legend: $("legend"), desc: $("chart-desc"), title: $("chart-title"),
+      samples, now: Date.now() + offsetMs, series: SERIES,
+    });
   }
 
   // -- the mitra list -------------------------------------------------------------------
@@ -572,6 +530,7 @@
     $("prev").addEventListener("click", prevPage);
     $("drift-check").addEventListener("click", checkDrift);
     $("reseed").addEventListener("click", reseed);
+    window.addEventListener("resize", () => { if (latest) drawChart(); });
     if (auth) start();
     else $("email").focus();
   });
