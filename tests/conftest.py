@@ -93,6 +93,13 @@ def settings_for(**overrides: Any) -> Settings:
         "DATABASE_LOCK_TIMEOUT_SECONDS": 1.5,
         "LOG_LEVEL": "WARNING",
     }
+    if "DATABASE_TIMEOUT_SECONDS" in overrides:  # its bounds follow it, unless given too
+        for bound in (
+            "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS",
+            "DATABASE_LOCK_TIMEOUT_SECONDS",
+        ):
+            if bound not in overrides:
+                del values[bound]
     values.update(overrides)
     return load_settings(**values)
 
