@@ -7,6 +7,9 @@ side by side in one run (interleaved trials), on one set of servers and data.
 HEAD` then `/tmp/base/src`); this checkout's `src` is "new". Measures the heartbeat over
 HTTP (Valkey path and Postgres-only path of each tree, plus the bare-Starlette floor) and
 find-available / the beacon computed from Valkey in-process, at --online mitras.
+
+With `--pairing`: opening pairing requests instead, at each of --online (a comma list,
+default 1000,10000,100000), every mitra with 20 closed sessions (`ab_pairing.py`).
 """
 
 from __future__ import annotations
@@ -182,9 +185,19 @@ def cli() -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base-src", type=Path, required=True)
-    parser.add_argument("--online", type=int, default=10_000)
+    parser.add_argument(
+        "--online", default="", help="online mitras (default 10000; --pairing: a comma list)"
+    )
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--pairing", action="store_true", help="pairing at scale instead (ab_pairing.py)"
+    )
     args = parser.parse_args()
+    if args.pairing:
+        from . import ab_pairing
+
+        return ab_pairing.cli(args.base_src, args.online, args.quick)
+    args.online = int(args.online or 10_000)
     trials, seconds = (2, 3.0) if args.quick else (5, 6.0)
     started = time.perf_counter()
     out = asyncio.run(main(args.base_src.resolve(), args.online, trials, seconds))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
@@ -14,7 +15,7 @@ from .loadgen import HttpClient, percentile
 async def pairing(
     base: str,
     customers: list[tuple[UUID, str]],
-    mitra_tokens: dict[str, str],
+    mitra_tokens: Mapping[str, str],
     duration: float,
 ) -> dict[str, Any]:
     """Each customer loops: open a request -> the first offered mitra that can accepts

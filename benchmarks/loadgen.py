@@ -162,7 +162,19 @@ class HttpClient:
             await self._connect()
         assert self._reader is not None and self._writer is not None
         self._writer.write(raw)
-        head = await self._reader.readuntil(b"\r\n\r\n")
+        try:
+            head = await self._reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionResetError) as exc:
+            if isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
+                raise
+            # The server closed the connection while it sat idle (uvicorn's keep-alive
+            # timeout is 5 s: a slow burst leaves the first answered idle that long), so
+            # the request was never read: send it again on a new connection, once.
+            await self.close()
+            await self._connect()
+            assert self._reader is not None and self._writer is not None
+            self._writer.write(raw)
+            head = await self._reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
         length = 0
         for line in head.split(b"\r\n")[1:]:

@@ -53,6 +53,8 @@ class Counted:
                 out["advisory lock"] += 1
             elif "pg_advisory_unlock" in text or "pg_advisory_xact" in text:
                 out["advisory unlock"] += 1
+            elif text.startswith(("SAVEPOINT __asyncpg_", "RELEASE SAVEPOINT __asyncpg_")):
+                out[text.split(" __asyncpg_")[0] + " (asyncpg)"] += 1
             else:
                 out[" ".join(text.split()[:4])] += 1
         return dict(out.most_common())

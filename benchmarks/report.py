@@ -6,6 +6,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from . import report_pairing
+
 
 def med(trials: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(t[key] for t in trials))
@@ -141,6 +143,7 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                 f" {mem['marginal_between'][1]:,} online (used_memory)",
             )
         )
+    out += report_pairing.targets(r.get("pairing_scale", {}))
     ceiling = med(http["ceiling_raw"], "rps")
     best_app = max(med(http[k], "rps") for k in http if not k.startswith("ceiling_raw"))
     out.append(
@@ -267,8 +270,10 @@ def plots(r: dict[str, Any], folder: Path) -> list[Path]:
     made.append(_save(fig, folder / "availability.png"))
     plt.close(fig)
 
-    # 3. beacon over HTTP, pairing
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    # 3. beacon over HTTP, pairing at 1k (results before pairing at scale)
+    old_pairing = "pairing" in r
+    fig, axes = plt.subplots(1, 2 if old_pairing else 1, figsize=(13 if old_pairing else 7, 4.8))
+    ax1 = axes[0] if old_pairing else axes
     bh = r["beacon_http"]
     ax1.plot(
         sizes,
@@ -290,17 +295,24 @@ def plots(r: dict[str, Any], folder: Path) -> list[Path]:
     ax1.set_title("GET /api/availability over HTTP")
     ax1.legend(fontsize=8)
     ax1.set_yscale("log")
-    pr = r["pairing"]
-    labels = ["Valkey path", "Postgres-only"]
-    vals = [med(pr["valkey"], "round_trips_per_s"), med(pr["postgres"], "round_trips_per_s")]
-    ax2.bar(labels, vals, color=["#2e7d32", "#c62828"])
-    for i, v in enumerate(vals):
-        ax2.text(i, v, f"{v:,.0f}/s", ha="center", va="bottom")
-    ax2.set_ylabel("request -> accept round trips / s (median)")
-    ax2.set_title(f"Pairing at {pr['online']:,} online, {pr['valkey'][0]['concurrency']} customers")
+    if old_pairing:
+        ax2 = axes[1]
+        pr = r["pairing"]
+        labels = ["Valkey path", "Postgres-only"]
+        vals = [med(pr["valkey"], "round_trips_per_s"), med(pr["postgres"], "round_trips_per_s")]
+        ax2.bar(labels, vals, color=["#2e7d32", "#c62828"])
+        for i, v in enumerate(vals):
+            ax2.text(i, v, f"{v:,.0f}/s", ha="center", va="bottom")
+        ax2.set_ylabel("request -> accept round trips / s (median)")
+        ax2.set_title(
+            f"Pairing at {pr['online']:,} online, {pr['valkey'][0]['concurrency']} customers"
+        )
     fig.tight_layout()
-    made.append(_save(fig, folder / "beacon_pairing.png"))
+    made.append(_save(fig, folder / ("beacon_pairing.png" if old_pairing else "beacon_http.png")))
     plt.close(fig)
+    scale_plot = report_pairing.plot(r.get("pairing_scale", {}), folder)
+    if scale_plot is not None:
+        made.append(scale_plot)
 
     # 4. sweeps
     sw = r.get("sweeps")
@@ -499,8 +511,28 @@ def markdown(r: dict[str, Any], plot_paths: list[Path], base: Path) -> str:
             f" {s.get('capacity_key_bytes')} B, online set"
             f" {s.get('online_set_bytes_per_member', 0):.0f} B per member"
         )
-    pr = r["pairing"]
-    lines += [
+    lines += report_pairing.markdown(r.get("pairing_scale", {}))
+    lines += _old_pairing(r)
+    if r.get("profiles"):
+        lines += ["", "## Profiles (py-spy flamegraphs, `--profile`)", ""]
+        for name, svg in r["profiles"].items():
+            if svg:
+                rel = Path(svg).relative_to(base) if Path(svg).is_relative_to(base) else svg
+                lines.append(f"- [{name}]({Path(rel).as_posix()})")
+    if plot_paths:
+        lines += ["", "## Plots", ""]
+        for p in plot_paths:
+            rel = p.relative_to(base) if p.is_relative_to(base) else p
+            lines.append(f"![{p.stem}]({rel.as_posix()})")
+    return "\n".join(lines) + "\n"
+
+
+def _old_pairing(r: dict[str, Any]) -> list[str]:
+    """Results written before pairing at scale: request -> accept at 1k, 8 customers."""
+    pr = r.get("pairing")
+    if pr is None:
+        return []
+    lines = [
         "",
         f"## Pairing at {pr['online']:,} online ({pr['valkey'][0]['concurrency']} customers,"
         " each: open request -> first offered mitra accepts -> customer ends the session)",
@@ -518,15 +550,4 @@ def markdown(r: dict[str, Any], plot_paths: list[Path], base: Path) -> str:
             f" {statistics.median(x['accept']['p50_ms'] for x in t):.1f} |"
             f" {statistics.median(x['end']['p50_ms'] for x in t):.1f} |"
         )
-    if r.get("profiles"):
-        lines += ["", "## Profiles (py-spy flamegraphs, `--profile`)", ""]
-        for name, svg in r["profiles"].items():
-            if svg:
-                rel = Path(svg).relative_to(base) if Path(svg).is_relative_to(base) else svg
-                lines.append(f"- [{name}]({Path(rel).as_posix()})")
-    if plot_paths:
-        lines += ["", "## Plots", ""]
-        for p in plot_paths:
-            rel = p.relative_to(base) if p.is_relative_to(base) else p
-            lines.append(f"![{p.stem}]({rel.as_posix()})")
-    return "\n".join(lines) + "\n"
+    return lines

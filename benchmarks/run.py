@@ -16,7 +16,10 @@ side in the same run:
 * find-available, Valkey against Postgres, at each size;
 * at 100k online: the auto-offline sweep, the heartbeat write-back (duration and
   statements per cycle), the full reseed; Valkey memory per online mitra;
-* pairing: request -> accept round trips per second, Valkey path against Postgres path.
+* pairing at each size, every mitra with 20 closed sessions of history, Valkey path
+  against Postgres-only path, interleaved (`pairing_scale.py`): open latency, opens per
+  second and request -> accept -> end round trips per second with 32 customers, a burst
+  of 50 simultaneous opens; Postgres statements per open at the smallest and largest size.
 
 Writes benchmarks/results/<timestamp>.json, <timestamp>.md and <timestamp>/*.png.
 """
@@ -33,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -49,7 +52,7 @@ from halobestie.availability.seed import seed_mirror
 from halobestie.availability.sweeps import run_auto_offline, run_heartbeat_writeback
 from halobestie.migrate import run_migrations
 
-from . import dataset, http_scenarios, inproc, loadgen, profiling, report
+from . import dataset, http_scenarios, inproc, loadgen, pairing_scale, profiling, report
 from .infra import (
     BENCH_JWT_SECRET,
     REPO,
@@ -76,12 +79,13 @@ class Plan:
     connections: int = 50
     beacon_trials: int = 3
     beacon_seconds: float = 4.0
-    pairing_trials: int = 3
-    pairing_seconds: float = 8.0
-    pairing_customers: int = 8
+    pairing: pairing_scale.ScalePlan = field(default_factory=pairing_scale.ScalePlan)
     sweep_trials: int = 5
     counted_requests: int = 500
     profile: bool = False  # py-spy flamegraphs of the heartbeat and of find-available
+    # Closed sessions per mitra, for stages up to this size (larger: none); quick skips
+    # the 100k stage's 1.8M rows.
+    history_up_to: int = 10**9
 
     @classmethod
     def make(cls, quick: bool, profile: bool = False) -> Plan:
@@ -95,8 +99,8 @@ class Plan:
             warmup=1.0,
             beacon_trials=1,
             beacon_seconds=2.0,
-            pairing_trials=1,
-            pairing_seconds=3.0,
+            pairing=pairing_scale.ScalePlan.quick(),
+            history_up_to=10_000,
             sweep_trials=2,
             counted_requests=200,
         )
@@ -253,16 +257,20 @@ class Bench:
 
     async def _grow(self, conn: Any, vk: inproc.Harness, size: int) -> None:
         started = time.perf_counter()
-        await dataset.grow_to(conn, size, inproc.now())
+        history = dataset.HISTORY_PER_MITRA if size <= self.plan.history_up_to else 0
+        await dataset.grow_to(conn, size, inproc.now(), history)
         pg_s = time.perf_counter() - started
         started = time.perf_counter()
         counts = await seed_mirror(vk.ctx, "bench")
         seed_s = time.perf_counter() - started
         log(
-            f"stage {size:,} online: Postgres rows in {pg_s:.1f} s, mirror seeded in"
-            f" {seed_s:.2f} s ({counts.online} online, {counts.deactivated} deactivated)"
+            f"stage {size:,} online: Postgres rows ({history} past sessions per new mitra)"
+            f" in {pg_s:.1f} s, mirror seeded in {seed_s:.2f} s ({counts.online} online,"
+            f" {counts.deactivated} deactivated)"
         )
         self.results.setdefault("stages", {})[str(size)] = {
+            "history_per_new_mitra": history,
+            "chat_sessions": int(await conn.fetchval("SELECT count(*) FROM chat_sessions")),
             "postgres_insert_s": pg_s,
             "seed_s": seed_s,
             "seed_counts": counts.as_dict(),
@@ -297,11 +305,12 @@ class Bench:
         now = inproc.now()
         mitras = await dataset.tokens(conn, "mitra", BENCH_JWT_SECRET, now, limit=10**6)
         tokens_file = dataset.write_tokens_file(self.tmp / "mitra-tokens.txt", mitras)
-        await dataset.ensure_customers(conn, plan.pairing_customers + 1, now)
-        customers = await dataset.tokens(
-            conn, "customer", BENCH_JWT_SECRET, now, limit=plan.pairing_customers + 1
+        wanted = max(plan.pairing.customers, plan.pairing.burst, plan.pairing.counted_opens)
+        await dataset.ensure_customers(conn, wanted + 1, now)
+        customers = pairing_scale.Customers(
+            # the first one holds the busy mitras' sessions
+            (await dataset.tokens(conn, "customer", BENCH_JWT_SECRET, now, limit=wanted + 1))[1:]
         )
-        customers = customers[1:]  # the first one holds the busy mitras' sessions
 
         # 1. load generator ceiling and heartbeat, interleaved
         log(f"heartbeat + load generator ceiling: {plan.trials} trials x {plan.seconds:.0f} s")
@@ -332,29 +341,8 @@ class Bench:
         log("Postgres statements per heartbeat / per beacon (server log)")
         self.results["statements"] = await self._count_requests(tokens_file)
 
-        # 3. pairing round trips, Valkey path against Postgres path
-        log(f"pairing: {plan.pairing_trials} trials x {plan.pairing_seconds:.0f} s per path")
-        tokens_by_id = {str(uid): tok for uid, tok in mitras}
-        pairing: dict[str, list[dict[str, Any]]] = {"valkey": [], "postgres": []}
-        for trial in range(plan.pairing_trials):
-            for name, proc in (("valkey", app_v), ("postgres", app_p))[
-                :: 1 if trial % 2 == 0 else -1
-            ]:
-                await dataset.age_session_history(conn)
-                res = await http_scenarios.pairing(
-                    proc.base, customers, tokens_by_id, plan.pairing_seconds
-                )
-                res["trial"] = trial
-                pairing[name].append(res)
-                log(
-                    f"  pairing {name:<9} trial {trial + 1}: {res['round_trips_per_s']:.0f}"
-                    f" round trips/s, p50 {res['round_trip']['p50_ms']:.1f} ms"
-                    f" p99 {res['round_trip']['p99_ms']:.1f} ms {res['problems'] or ''}"
-                )
-        self.results["pairing"] = {"online": first, **pairing}
-        await seed_mirror(vk.ctx, "bench")  # the Postgres-only app wrote no mirror
-
-        # 4. per size: beacon over HTTP, the beacon's paths and find-available in-process
+        # 3. per size: beacon over HTTP, the beacon's paths and find-available in-process,
+        # pairing at scale over HTTP
         for size in plan.sizes:
             if size != first:
                 await self._grow(conn, vk, size)
@@ -386,8 +374,9 @@ class Bench:
                 f" {bc['valkey']['median_ms']:.2f} ms, postgres fallback"
                 f" {bc['postgres']['median_ms']:.2f} ms"
             )
+            await self._pairing(conn, vk, size, {"valkey": app_v, "postgres": app_p}, customers)
 
-        # 5. sweeps at the largest size
+        # 4. sweeps at the largest size
         largest = plan.sizes[-1]
         log(f"sweeps at {largest:,} online: {plan.sweep_trials} trials")
         sw = await inproc.sweeps(vk, plan.sweep_trials, stale_share=0.01)
@@ -407,6 +396,85 @@ class Bench:
             ) / max(1, mem[b]["online"] - mem[a]["online"])
             mem["marginal_between"] = [int(a), int(b)]
         self.procs.stop_all()
+
+    async def _pairing(
+        self,
+        conn: Any,
+        vk: inproc.Harness,
+        size: int,
+        apps: dict[str, Any],
+        customers: pairing_scale.Customers,
+    ) -> None:
+        """Pairing at this size, both paths interleaved; statements per open at the
+        smallest and the largest size; py-spy of both apps opening at 10k (--profile)."""
+        plan = self.plan.pairing
+        log(f"pairing at {size:,} online: {plan.trials} interleaved trials per path")
+        mitras = await pairing_scale.mitra_tokens(conn, BENCH_JWT_SECRET, inproc.now())
+
+        async def reseed(name: str) -> None:
+            if name == "postgres":  # its round trips changed sessions the mirror never saw
+                await seed_mirror(vk.ctx, "bench")
+
+        trials = await pairing_scale.interleaved(
+            {name: proc.base for name, proc in apps.items()},
+            customers,
+            mitras,
+            plan,
+            conn=conn,
+            log=log,
+            after=reseed,
+        )
+        stage = self.results["stages"][str(size)]
+        result: dict[str, Any] = {"online": size, "chat_sessions": stage["chat_sessions"], **trials}
+        if size in (self.plan.sizes[0], self.plan.sizes[-1]):
+            result["statements"] = await self._count_opens(customers)
+        if self.plan.profile and size == 10_000:
+            for name, proc in apps.items():
+                seconds = max(4.0, plan.load_seconds)
+                recording = self._recording(f"pairing-open-{name}-10k", proc.pid, seconds)
+                if recording is None:
+                    break
+                await pairing_scale.open_throughput(
+                    proc.base, customers.tokens[: plan.customers], seconds
+                )
+                svg = await asyncio.to_thread(recording.wait)
+                self.results.setdefault("profiles", {})[f"pairing-open-{name}-10k"] = svg
+                log(f"  profile pairing-open-{name}-10k: {svg}")
+            await pairing_scale.tidy(conn)
+        self.results.setdefault("pairing_scale", {})[str(size)] = result
+
+    async def _count_opens(self, customers: pairing_scale.Customers) -> dict[str, Any]:
+        """Postgres statements per open request, both paths, from Postgres' log."""
+        servers = self.servers
+        if servers.pg_log is None:
+            return {"method": "unavailable: needs the embedded Postgres' log file"}
+        stmt_log = StatementLog(servers.pg_log, servers.database_url)
+        await stmt_log.open()
+
+        async def start(mode: str) -> Any:
+            name = f"bench-count-open-{mode}"
+            env = app_env(
+                servers,
+                mirror=mode == "valkey",
+                app_name=name,
+                database_url=logging_dsn(servers.database_url, name),
+            )
+            return self.procs.engine(f"count-open-{mode}", env)
+
+        try:
+            counts = await pairing_scale.statements_per_open(
+                stmt_log,
+                start,
+                self.procs.stop,
+                ["valkey", "postgres"],
+                customers,
+                self.plan.pairing.counted_opens,
+            )
+        finally:
+            await stmt_log.close()
+        for mode, c in counts.items():
+            log(f"  {mode}: {c['statements']} statements for {c['opens']} opens {c['statuses']}")
+        return counts
 
     def _recording(self, name: str, pid: int, seconds: float) -> profiling.Recording | None:
         exe = profiling.py_spy()
@@ -591,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_start": [round(v, 2) for v in load_average()],
         },
         "revision": git_revision(),
-        "plan": plan.__dict__,
+        "plan": {**plan.__dict__, "pairing": asdict(plan.pairing)},
     }
     log(
         f"halobestie benchmarks ({'quick' if plan.quick else 'full'});"
