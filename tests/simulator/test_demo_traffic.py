@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -14,9 +15,9 @@ import pytest
 
 from halobestie.clock import SystemClock
 from halobestie.simulator import DemoConfig, Simulation
-from tests.conftest import Servers, eventually
+from tests.conftest import TEST_WEBHOOK_SECRET, Servers, eventually
 from tests.events.live import LiveFactory
-from tests.factories import PASSWORD
+from tests.factories import PASSWORD, make_user
 from tests.multi.processes import free_port
 from tests.simulator.helpers import FAST, SIM_EMAILS, simulation
 
@@ -112,3 +113,52 @@ async def test_dev_demo_stops_cleanly_on_a_signal(
     assert "/admin" in out.decode()  # the banner names the console
     # The farewell reached the server before it shut down.
     assert not await sim_mitras_online()
+
+
+# --- halobestie pay ------------------------------------------------------------------------
+
+
+async def test_pay_sends_the_signed_webhook_and_reports_a_refusal_without_a_traceback(
+    live_app: LiveFactory, pg: asyncpg.Connection
+) -> None:
+    async with live_app() as live:
+        mitra = await make_user(live.ctx, "mitra")
+        customer = await make_user(live.ctx, "customer")
+        client = live.client
+        r = await client.post("/api/mitra/status/online", headers=mitra.headers)
+        assert r.status_code == 200, r.text
+        r = await client.post(
+            "/api/pairing/requests", json={"duration_minutes": 5}, headers=customer.headers
+        )
+        assert r.status_code == 201, r.text
+        r = await client.post(
+            f"/api/pairing/requests/{r.json()['pairing_request']['id']}/accept",
+            headers=mitra.headers,
+        )
+        assert r.status_code == 200, r.text
+        session_id = r.json()["session"]["id"]
+        base = ["pay", session_id, "--base-url", f"http://127.0.0.1:{live.port}"]
+
+        wrong = await run(*base, "--secret", "not-the-secret-at-all")
+        assert wrong.code == 1 and "invalid_signature" in wrong.err, wrong
+        assert "Traceback" not in wrong.out + wrong.err
+        paid = await run(*base, "--secret", TEST_WEBHOOK_SECRET, "--reference", "by-hand-1")
+        assert paid.code == 0, paid
+        assert f"session {session_id} is active until" in paid.out
+    assert await pg.fetchval("SELECT reference FROM payments") == "by-hand-1"
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+async def run(*args: str) -> Run:
+    proc = await asyncio.create_subprocess_exec(
+        str(EXE), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return Run(proc.returncode, out.decode(), err.decode())
