@@ -5,7 +5,9 @@ at one place:
 * Postgres unreachable (connect refused or timed out, connection lost) -> DatabaseUnavailable;
 * every pooled connection busy for DATABASE_TIMEOUT_SECONDS -> Overloaded;
 * a lock wait past DATABASE_LOCK_TIMEOUT_SECONDS (55P03) -> LockTimeout;
-* a statement past DATABASE_STATEMENT_TIMEOUT_SECONDS (57014) -> StatementTimeout.
+* a statement past DATABASE_STATEMENT_TIMEOUT_SECONDS (57014) -> StatementTimeout;
+* a transaction Postgres aborted for a conflicting one, a deadlock (40P01) or a
+  serialization failure (40001) -> ConflictRetry.
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ from typing import Any, Literal
 
 import asyncpg
 
-from .errors import DatabaseUnavailable, DomainError, LockTimeout, Overloaded, StatementTimeout
+from .errors import (
+    ConflictRetry,
+    DatabaseUnavailable,
+    DomainError,
+    LockTimeout,
+    Overloaded,
+    StatementTimeout,
+)
 from .logs import get_logger
 from .metrics import Metrics
 
@@ -45,10 +54,20 @@ UNREACHABLE: tuple[type[Exception], ...] = (
 # the wrong type): the caller's input, not an outage. It subclasses InterfaceError, so
 # `connection` lets it through before catching UNREACHABLE; api/errors.py answers it 422.
 InvalidArgument = asyncpg.exceptions._base.DataError
-# Postgres is up and refused to wait any longer: the bounds below, reached.
+# Postgres aborted a transaction so that a conflicting one could go on: a deadlock (it
+# picks one victim after deadlock_timeout, 1 s by default) or a serialization failure
+# (REPEATABLE READ / SERIALIZABLE). Lock orders are documented to avoid the first; either
+# is retryable as it stands, never a bug of the request.
+CONFLICT_ABORTED: tuple[type[Exception], ...] = (
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+)
+# Postgres is up and refused to go on with this transaction: the bounds below reached,
+# or the transaction aborted for a conflicting one. Every one is a retryable 503.
 BOUND_REACHED: tuple[type[Exception], ...] = (
     asyncpg.LockNotAvailableError,
     asyncpg.QueryCanceledError,
+    *CONFLICT_ABORTED,
 )
 
 
@@ -90,7 +109,12 @@ def _ms(seconds: float) -> str:
 
 
 def bound_reached(exc: Exception) -> DomainError:
-    """The domain error for one of BOUND_REACHED (55P03 or 57014)."""
+    """The domain error for one of BOUND_REACHED (55P03, 57014, 40P01 or 40001)."""
+    if isinstance(exc, CONFLICT_ABORTED):
+        return ConflictRetry(
+            "the database aborted this for a conflicting change (deadlock or serialization"
+            " failure); nothing was written, try again"
+        )
     if isinstance(exc, asyncpg.LockNotAvailableError):
         return LockTimeout("a lock stayed held by another transaction; try again shortly")
     return StatementTimeout("the database did not finish this in time; try again shortly")
@@ -147,7 +171,8 @@ class Database:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:
         """A pooled connection. Raises DatabaseUnavailable (unreachable), Overloaded (no
-        connection free within DATABASE_TIMEOUT_SECONDS), LockTimeout, StatementTimeout.
+        connection free within DATABASE_TIMEOUT_SECONDS), LockTimeout, StatementTimeout,
+        ConflictRetry (deadlock or serialization failure).
 
         On an unreachable Postgres every idle connection is expired, so that once
         Postgres is back the next requests reconnect instead of tripping over dead sockets.

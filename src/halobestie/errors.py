@@ -98,6 +98,14 @@ class StatementTimeout(DatabaseBusy):
     code = "statement_timeout"
 
 
+class ConflictRetry(DatabaseBusy):
+    """Postgres aborted this transaction to let a conflicting one through: a deadlock
+    (SQLSTATE 40P01) or a serialization failure (40001). Nothing of it was committed, so
+    the same request, sent again, runs against the winner's committed state."""
+
+    code = "conflict_retry"
+
+
 class MirrorUnavailable(Exception):
     """Valkey cannot be trusted right now: callers fall back to Postgres. Never reaches HTTP."""
 

@@ -77,11 +77,12 @@ class Metrics:
             "halobestie_db_bounds_reached_total",
             "Statements Postgres stopped at a bound: bound=lock_timeout (a lock stayed held"
             " for DATABASE_LOCK_TIMEOUT_SECONDS), statement_timeout (ran for"
-            " DATABASE_STATEMENT_TIMEOUT_SECONDS).",
+            " DATABASE_STATEMENT_TIMEOUT_SECONDS), conflict_retry (aborted by Postgres for a"
+            " conflicting transaction: deadlock or serialization failure).",
             ["bound"],
             registry=r,
         )
-        for bound in ("lock_timeout", "statement_timeout"):
+        for bound in ("lock_timeout", "statement_timeout", "conflict_retry"):
             self.db_bounds_reached.labels(bound=bound)
         self.stalled_backends_terminated = Counter(
             "halobestie_db_stalled_backends_terminated_total",
