@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from halobestie.availability import keys as key_names
+from halobestie.valkey import keys as key_names
 
 _HEARTBEAT_LUA = (
     resources.files("halobestie.availability").joinpath("lua/heartbeat.lua").read_text()

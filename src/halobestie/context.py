@@ -9,13 +9,13 @@ from importlib import resources
 from typing import Any
 
 from .availability.flight import BeaconLocal
-from .availability.keys import Keys
-from .availability.mirror import Mirror
 from .clock import Clock
 from .config import Settings
 from .db import Database
 from .events.bus import EventBus
 from .metrics import Metrics
+from .valkey.keys import Keys
+from .valkey.mirror import Mirror
 
 
 def _lua(name: str) -> str:

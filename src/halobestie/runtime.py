@@ -5,8 +5,6 @@ restore timers -> seed Valkey from Postgres -> start the watcher, sweeps and tim
 
 from __future__ import annotations
 
-from .availability.keys import Keys
-from .availability.mirror import Mirror
 from .availability.seed import seed_mirror
 from .availability.sweeps import SweepRunner
 from .clock import Clock, SystemClock
@@ -19,6 +17,8 @@ from .metrics import Metrics
 from .sessions import lifecycle  # noqa: F401  (timer handlers, before restore_timers)
 from .sessions.timers import TimerRunner, restore_timers
 from .stalls import StallReaper
+from .valkey.keys import Keys
+from .valkey.mirror import Mirror
 
 log = get_logger(__name__)
 

@@ -19,9 +19,9 @@ from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import ResponseError
 
 from halobestie.availability.actions import HeartbeatResult, do_record_heartbeat
-from halobestie.availability.autopipe import AutoPipeline
 from halobestie.clock import iso
 from halobestie.errors import NotOnline
+from halobestie.valkey.autopipe import AutoPipeline
 from tests.conftest import Instance, Servers, eventually
 from tests.factories import Person, make_user
 from tests.failures import helpers

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..clock import iso, parse_iso
 from ..context import Context
-from .mirror import Client
+from ..valkey.mirror import Client
 from .ranked import epoch_ms_to_datetime, split_score
 from .truth import MirrorState, locked_truth
 

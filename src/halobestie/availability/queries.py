@@ -16,9 +16,9 @@ from uuid import UUID
 from ..clock import iso, parse_iso
 from ..context import Context
 from ..errors import DatabaseUnavailable, MirrorUnavailable, NotFound
-from .keys import Keys
-from .mirror import Client
-from .wire import on_connection
+from ..valkey.keys import Keys
+from ..valkey.mirror import Client
+from ..valkey.wire import on_connection
 
 
 @dataclass(frozen=True)

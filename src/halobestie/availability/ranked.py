@@ -32,7 +32,7 @@ from typing import Any
 
 from ..clock import iso
 from ..context import Context
-from .mirror import Client
+from ..valkey.mirror import Client
 
 BAND = 10**13
 # Candidates kept for the random draw among equal scores, per offered mitra: ties are the

@@ -17,8 +17,8 @@ from typing import Any
 from ..clock import iso
 from ..context import Context
 from ..logs import get_logger
+from ..valkey.mirror import Client
 from .drift import Drift, compare, read_mirrored
-from .mirror import Client
 from .truth import MirrorState, locked_truth
 
 log = get_logger(__name__)

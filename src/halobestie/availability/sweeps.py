@@ -17,8 +17,8 @@ from ..clock import parse_iso
 from ..context import Context
 from ..errors import MirrorUnavailable, ServiceUnavailable
 from ..logs import get_logger
+from ..valkey.mirror import Client
 from . import locks
-from .mirror import Client
 from .seed import SeedCounts, seed_mirror
 from .sync import sync_mitras
 

@@ -15,12 +15,12 @@ from typing import Any
 from uuid import UUID
 
 from ..availability.beacon import get_beacon
-from ..availability.mirror import Client
 from ..availability.queries import find_pool
 from ..clock import iso, parse_iso
 from ..context import Context
 from ..db import UNREACHABLE
 from ..errors import DatabaseBusy, DatabaseUnavailable, MirrorUnavailable, ServiceUnavailable
+from ..valkey.mirror import Client
 from .models import (
     Beacon,
     Health,

@@ -27,9 +27,9 @@ from uuid import UUID
 
 import valkey.asyncio as valkey_async
 
-from ..availability.keys import Keys
-from ..availability.mirror import VALKEY_FAILURES, Mirror
 from ..logs import get_logger
+from ..valkey.keys import Keys
+from ..valkey.mirror import VALKEY_FAILURES, Mirror
 
 log = get_logger(__name__)
 
