@@ -16,10 +16,21 @@ class Metrics:
         r = self.registry
         self.valkey_errors = Counter(
             "halobestie_valkey_errors_total",
-            "Valkey operations that failed (reads fell back, writes were skipped).",
+            "Availability mirror Valkey operations that failed (reads fell back, writes were"
+            " skipped).",
             ["operation"],
             registry=r,
         )
+        self.event_bus_errors = Counter(
+            "halobestie_event_bus_errors_total",
+            "Event bus Valkey operations that failed (publish, subscribe) or were skipped"
+            " while its breaker was open (publish_skipped); the availability mirror's are"
+            " in halobestie_valkey_errors_total.",
+            ["operation"],
+            registry=r,
+        )
+        for operation in ("publish", "publish_skipped", "subscribe"):
+            self.event_bus_errors.labels(operation=operation)
         self.fallback_reads = Counter(
             "halobestie_fallback_reads_total",
             "Reads answered from Postgres because the Valkey mirror was not usable.",

@@ -53,10 +53,13 @@ class Runtime:
             clock=clock or SystemClock(),
             scripts=Scripts.register(mirror),
             events=EventBus(
-                mirror,
+                metrics,
                 keys,
                 settings.valkey_client_url,
+                publish_timeout=settings.valkey_operation_timeout_seconds,
+                retry_after=settings.valkey_probe_interval_seconds,
                 operation_timeout=max(settings.valkey_operation_timeout_seconds, 1.0),
+                enabled=settings.valkey_mirror_enabled,
             ),
         )
         self.sweeps = SweepRunner(self.ctx)

@@ -7,10 +7,14 @@ subscriber delivers it to its sockets (and skips its own messages). So a Valkey 
 degrades delivery to "same instance only" instead of nothing; events are hints, and a
 client that missed one fetches the state over REST.
 
-The subscriber holds one pub/sub connection of its own (never one of the mirror's
-pooled connections). It notices a dead server either by the connection dropping or, on
-a silent network partition, by its own PINGs going unanswered; then it reconnects with
-capped, jittered backoff. Sockets are never touched by any of this.
+Events are their own failure domain (`valkey/breaker.py`): PUBLISH goes through a client
+and a breaker of the bus's own, so a failed PUBLISH costs events (counted in
+`halobestie_event_bus_errors_total`), never the availability mirror's trust, and a mirror
+failure never stops events. The subscriber holds one pub/sub connection of its own (never
+one of the mirror's pooled connections). It notices a dead server either by the
+connection dropping or, on a silent network partition, by its own PINGs going
+unanswered; then it reconnects with capped, jittered backoff. Sockets are never touched
+by any of this.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ from uuid import UUID
 import valkey.asyncio as valkey_async
 
 from ..logs import get_logger
+from ..metrics import Metrics
+from ..valkey.breaker import Breaker
+from ..valkey.client import VALKEY_FAILURES, connect
 from ..valkey.keys import Keys
-from ..valkey.mirror import VALKEY_FAILURES, Mirror
 
 log = get_logger(__name__)
 
@@ -55,14 +61,26 @@ LINK_FAILURES: tuple[type[BaseException], ...] = (*VALKEY_FAILURES, SubscriberLo
 class EventBus:
     def __init__(
         self,
-        mirror: Mirror,
+        metrics: Metrics,
         keys: Keys,
-        url: str | None = None,
+        url: str,
         *,
+        publish_timeout: float,
+        retry_after: float,
         operation_timeout: float = 1.0,
+        enabled: bool = True,
     ) -> None:
-        self.mirror = mirror
+        """`publish_timeout` bounds a PUBLISH (VALKEY_OPERATION_TIMEOUT_SECONDS). The
+        subscriber is the domain's probe: losing its link opens the breaker, subscribing
+        again closes it; a failed PUBLISH opens it too, and the next is tried `retry_after`
+        seconds later (half-open). While it is open, events reach this instance's sockets
+        only. `operation_timeout` bounds the
+        subscriber's commands. `enabled` False (VALKEY_MIRROR_ENABLED=false, the design
+        before Valkey that benchmarks measure): nothing is published to Valkey."""
         self.keys = keys
+        self.enabled = enabled
+        self.breaker = Breaker("events", metrics.event_bus_errors, retry_after=retry_after)
+        self._client = connect(url, operation_timeout=publish_timeout)
         self.instance_id = uuid.uuid4().hex
         self._url = url
         self._operation_timeout = operation_timeout
@@ -116,13 +134,23 @@ class EventBus:
             await self.deliver_local(users, text)
         except Exception:  # a socket bug must not fail the request that published
             log.exception("event_local_delivery_failed", type=type_)
+        if not self.enabled:
+            return
+        if not self.breaker.allows():
+            self.breaker.skipped("publish")
+            return
         envelope = json.dumps({"origin": self.instance_id, "users": users, "event": text})
-        await self.mirror.write("publish_event", lambda c: c.publish(self.keys.events, envelope))
+        try:
+            await self._client.publish(self.keys.events, envelope)
+        except VALKEY_FAILURES as exc:
+            self.breaker.failed("publish", exc)
+        else:
+            self.breaker.close()
 
     # -- receiving other instances' events ---------------------------------------
 
     def start(self) -> None:
-        if self._url is not None and self._task is None:
+        if self._task is None:
             self._stopping = False
             self._task = asyncio.create_task(self._subscribe_forever(), name="events-subscriber")
 
@@ -134,6 +162,7 @@ class EventBus:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.subscribed = False
+        await self._client.aclose()
 
     async def _subscribe_forever(self) -> None:
         backoff = BACKOFF_FIRST
@@ -143,6 +172,7 @@ class EventBus:
             except asyncio.CancelledError:
                 raise
             except LINK_FAILURES as exc:
+                self.breaker.failed("subscribe", exc)
                 if self.subscribed or backoff == BACKOFF_FIRST:
                     log.warning("events_subscriber_lost", error=repr(exc))
             except Exception:  # the subscriber must never die
@@ -155,7 +185,6 @@ class EventBus:
             backoff = min(backoff * 2, BACKOFF_MAX)
 
     async def _subscribe_once(self) -> None:
-        assert self._url is not None
         client = valkey_async.Valkey.from_url(
             self._url,
             decode_responses=True,
@@ -195,6 +224,7 @@ class EventBus:
             if not self.subscribed:
                 log.info("events_subscribed", channel=self.keys.events)
             self.subscribed = True
+            self.breaker.close()  # Valkey answers again: publish without waiting
             return
         if kind != "message":
             return  # pong

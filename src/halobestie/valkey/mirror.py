@@ -1,7 +1,10 @@
-"""The Valkey side of the mirror: client, breaker, trust, reconnect detection.
+"""The Valkey side of the availability mirror: its breaker, trust, reconnect detection.
 
-Two flags, on purpose:
-- `reachable` (the breaker): may we send commands at all? Opened by the first failed
+The mirror is a cache of Postgres (rebuilt by a seeder the runtime hands it,
+`availability.seed.seed_mirror`); what it holds is the availability feature's business,
+when to believe it is this module's. Two flags, on purpose:
+- `reachable` (the breaker, `breaker.py`; the mirror's own failure domain: event
+  publishing has another): may we send commands at all? Opened by the first failed
   operation, so an outage costs one timeout, not one per request; closed again only by
   the background probe.
 - `trusted`: may readers believe what Valkey says? False until a seed has run against
@@ -9,7 +12,7 @@ Two flags, on purpose:
   only a completed reseed sets it again.
 
 Writers need only `reachable`: they re-derive state from Postgres under a lock (see
-`sync.py`), so a write that lands while untrusted is still right, and a write skipped
+`availability/sync.py`), so a write that lands while untrusted is still right, and a write skipped
 while unreachable happens-before the reseed that closes the gap.
 """
 
@@ -17,56 +20,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeVar
 
-import valkey.asyncio as valkey_async
 from valkey.asyncio.connection import Connection
-from valkey.backoff import NoBackoff
-from valkey.exceptions import ConnectionError as ValkeyConnectionError
-from valkey.exceptions import TimeoutError as ValkeyTimeoutError
-from valkey.exceptions import ValkeyError
-from valkey.retry import Retry
-from valkey.utils import LIBVALKEY_AVAILABLE
 
 from ..errors import MirrorUnavailable, ServiceUnavailable
 from ..logs import get_logger
 from ..metrics import Metrics
 from .autopipe import AutoPipeline
+from .breaker import Breaker
+from .client import VALKEY_FAILURES, Client, connect
+
+__all__ = ["VALKEY_FAILURES", "Client", "Mirror"]
 
 log = get_logger(__name__)
 
 T = TypeVar("T")
-# valkey-py shares its command stubs between the sync and asyncio clients, so every
-# async command is typed `Awaitable[T] | T`; typing the client as Any at this one
-# boundary is cheaper than a cast at every call site.
-Client: TypeAlias = Any
-# Everything a dead or slow Valkey can raise through valkey-py.
-VALKEY_FAILURES: tuple[type[BaseException], ...] = (ValkeyError, OSError, asyncio.TimeoutError)
-
-
-class _CPackedCommands:
-    """valkey-py's asyncio connections pack every command in Python, re-joining a growing
-    buffer per argument; its sync client packs with libvalkey's C packer instead. Same
-    bytes on the wire; measured here, an MGET of 1,000 keys packs in 71 us instead of
-    528 us (find-available sends two per 1,000 online mitras) and the heartbeat's EVALSHA
-    in 1 us instead of 4. Mixed into whatever connection class the URL picks (TCP, TLS,
-    unix socket)."""
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        return _SERIALIZER.pack(*args)
-
-
-if LIBVALKEY_AVAILABLE:
-    from valkey.connection import LibvalkeyRespSerializer
-
-    _SERIALIZER = LibvalkeyRespSerializer()
-
-
-def _pack_in_c(client: valkey_async.Valkey) -> None:
-    pool = client.connection_pool
-    base = pool.connection_class
-    if LIBVALKEY_AVAILABLE and not issubclass(base, _CPackedCommands):
-        pool.connection_class = type(f"CPacked{base.__name__}", (_CPackedCommands, base), {})
 
 
 class Mirror:
@@ -84,7 +53,8 @@ class Mirror:
         # Disabled = the design before the mirror (every read and heartbeat on Postgres);
         # kept runnable so benchmarks can measure both in one run.
         self.enabled = enabled
-        self.reachable = enabled
+        # The mirror's own failure domain (breaker.py): closed again only by the probe.
+        self.breaker = Breaker("mirror", metrics.valkey_errors, closed=enabled)
         self.trusted = False
         # Bumped on every event that invalidates what a reader may have just read.
         self.generation = 0
@@ -94,33 +64,25 @@ class Mirror:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self.client = self._connect(url, operation_timeout, per_read_timeout=True)
+        self.client = connect(url, operation_timeout=operation_timeout, on_connect=self._on_connect)
         # The heartbeat's Lua call, the beacon's GET and the write-through's Lua calls are
         # auto-pipelined (autopipe.py) over their own connections, which time out per
         # batch, not per reply: valkey-py arms an asyncio timer for every reply it reads,
         # measured at 9 % of a heartbeat's CPU.
         self.batched = AutoPipeline(
-            self._connect(url, operation_timeout, per_read_timeout=False),
+            connect(
+                url,
+                operation_timeout=operation_timeout,
+                per_read_timeout=False,
+                on_connect=self._on_connect,
+            ),
             timeout=operation_timeout,
         )
 
-    def _connect(
-        self, url: str, operation_timeout: float, *, per_read_timeout: bool
-    ) -> valkey_async.Valkey:
-        client: valkey_async.Valkey = valkey_async.Valkey.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=operation_timeout if per_read_timeout else None,
-            socket_connect_timeout=operation_timeout,
-            # One quick retry absorbs a single dropped connection; a restart is still
-            # noticed because every new connection reports the server's run_id.
-            retry=Retry(NoBackoff(), 1),
-            retry_on_error=[ValkeyConnectionError, ValkeyTimeoutError],
-            valkey_connect_func=self._on_connect,
-            health_check_interval=0,
-        )
-        _pack_in_c(client)  # before the first connection is made
-        return client
+    @property
+    def reachable(self) -> bool:
+        """May we send commands at all (the breaker closed)?"""
+        return self.breaker.closed
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -169,7 +131,7 @@ class Mirror:
         """Best-effort write. False (logged, counted) when Valkey could not take it."""
         if not self.reachable:
             if self.enabled:
-                self.metrics.valkey_errors.labels(operation=f"{name}_skipped").inc()
+                self.breaker.skipped(name)
             return False
         try:
             await op(self.client)
@@ -189,10 +151,7 @@ class Mirror:
             raise MirrorUnavailable(f"valkey failed during {name}") from exc
 
     def fail(self, name: str, exc: BaseException) -> None:
-        self.metrics.valkey_errors.labels(operation=name).inc()
-        if self.reachable:
-            log.warning("valkey_unreachable", operation=name, error=repr(exc))
-        self.reachable = False
+        self.breaker.failed(name, exc)
         self._distrust()
 
     def _distrust(self) -> None:
@@ -232,9 +191,9 @@ class Mirror:
         try:
             run_id = await self.current_run_id()
         except VALKEY_FAILURES:
-            self.reachable = False
+            self.breaker.open()
             return False
-        self.reachable = True
+        self.breaker.close()
         if self._seeder is None:
             return False
         generation = self.generation
