@@ -167,7 +167,7 @@ async def beacon_paths(h: Harness, iterations: int) -> dict[str, Any]:
         await ctx.mirror.client.delete(keys.snapshot, keys.snapshot_lock)
 
     async def drop_fallback_cache() -> None:
-        ctx.fallback_beacon = None
+        beacon_mod.beacon_local(ctx).fallback = None
 
     async def computed() -> Any:
         return await beacon_mod.get_beacon(ctx, now())

@@ -1,58 +1,41 @@
-"""What every action, query and sweep needs, passed explicitly (no globals)."""
+"""What every action, query and sweep needs, passed explicitly (no globals).
+
+Plumbing only: settings, Postgres, the Valkey mirror and its key names, metrics, the
+clock. The context imports no feature. A feature that keeps per-instance state of its own
+(the event bus, the availability Lua scripts, the beacon's single flight) declares a
+`Slot` for it and reads it with `ctx.get(slot)`: the state is built on first use from the
+context, or provided by the runtime at startup (the timer table), one per context, so
+several instances in one process (tests, benchmarks) never share it.
+"""
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
-from importlib import resources
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
-from .availability.flight import BeaconLocal
 from .clock import Clock
 from .config import Settings
 from .db import Database
-from .events.bus import EventBus
 from .metrics import Metrics
 from .valkey.keys import Keys
 from .valkey.mirror import Mirror
 
-
-def _lua(name: str) -> str:
-    return resources.files("halobestie.availability").joinpath(f"lua/{name}.lua").read_text()
+T = TypeVar("T")
 
 
-@dataclass
-class Scripts:
-    """Lua scripts, registered once; valkey-py reloads them after a NOSCRIPT (restart)."""
+class Slot(Generic[T]):
+    """A feature's per-instance state in the context: `name` for messages; `build(ctx)`
+    makes it on first use (None: the runtime must `provide` it)."""
 
-    heartbeat: Any
-    apply_mitra: Any
-    merge_heartbeats: Any
-    pick_offers: Any
-    merge_ranked: Any
+    __slots__ = ("build", "name")
 
-    @property
-    def all(self) -> tuple[Any, ...]:
-        """Every script (the seed loads them all after a Valkey restart)."""
-        return (
-            self.heartbeat,
-            self.apply_mitra,
-            self.merge_heartbeats,
-            self.pick_offers,
-            self.merge_ranked,
-        )
+    def __init__(self, name: str, build: Callable[[Context], T] | None = None) -> None:
+        self.name = name
+        self.build = build
 
-    @classmethod
-    def register(cls, mirror: Mirror) -> Scripts:
-        client = mirror.client
-        return cls(
-            heartbeat=client.register_script(_lua("heartbeat")),
-            apply_mitra=client.register_script(_lua("apply_mitra")),
-            merge_heartbeats=client.register_script(_lua("merge_heartbeats")),
-            pick_offers=client.register_script(_lua("pick_offers")),
-            merge_ranked=client.register_script(_lua("merge_ranked")),
-        )
+    def __repr__(self) -> str:
+        return f"Slot({self.name!r})"
 
 
 @dataclass
@@ -63,11 +46,19 @@ class Context:
     keys: Keys
     metrics: Metrics
     clock: Clock
-    scripts: Scripts
-    events: EventBus
-    # In-process cache of the beacon while Valkey is down: protects Postgres from one
-    # aggregate per customer poll during an outage. (expires at, snapshot)
-    fallback_beacon: tuple[datetime, dict[str, Any]] | None = field(default=None)
-    fallback_beacon_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    # The beacon's single flight on a snapshot miss, and its lease sizing (beacon.py).
-    beacon_local: BeaconLocal = field(default_factory=BeaconLocal)
+    _state: dict[Slot[Any], Any] = field(default_factory=dict, repr=False)
+
+    def get(self, slot: Slot[T]) -> T:
+        """The slot's state in this context, built on first use. LookupError for a slot
+        without `build` that the runtime has not provided."""
+        try:
+            return cast(T, self._state[slot])
+        except KeyError:
+            if slot.build is None:
+                raise LookupError(f"{slot.name}: provided by the runtime at startup") from None
+            value = self._state[slot] = slot.build(self)
+            return value
+
+    def provide(self, slot: Slot[T], value: T) -> None:
+        """Set the slot's state (the runtime, at startup)."""
+        self._state[slot] = value

@@ -9,9 +9,9 @@ from .availability.seed import seed_mirror
 from .availability.sweeps import SweepRunner
 from .clock import Clock, SystemClock
 from .config import Settings
-from .context import Context, Scripts
+from .context import Context
 from .db import Bounds, Database
-from .events.bus import EventBus
+from .events.bus import bus
 from .logs import get_logger
 from .metrics import Metrics
 from .sessions import lifecycle  # noqa: F401  (timer handlers, before restore_timers)
@@ -51,16 +51,6 @@ class Runtime:
             keys=keys,
             metrics=metrics,
             clock=clock or SystemClock(),
-            scripts=Scripts.register(mirror),
-            events=EventBus(
-                metrics,
-                keys,
-                settings.valkey_client_url,
-                publish_timeout=settings.valkey_operation_timeout_seconds,
-                retry_after=settings.valkey_probe_interval_seconds,
-                operation_timeout=max(settings.valkey_operation_timeout_seconds, 1.0),
-                enabled=settings.valkey_mirror_enabled,
-            ),
         )
         self.sweeps = SweepRunner(self.ctx)
         self.timers = TimerRunner(self.ctx)
@@ -89,7 +79,7 @@ class Runtime:
         if not seeded:
             log.warning("starting_degraded", detail="Valkey unreachable; serving from Postgres")
         ctx.mirror.start()
-        ctx.events.start()
+        bus(ctx).start()
         if ctx.settings.sweeps_enabled:
             self.sweeps.start()
         if ctx.settings.timers_enabled:
@@ -97,7 +87,7 @@ class Runtime:
         log.info("engine_started", timer_restorers=restored, mirror_trusted=seeded)
 
     async def stop(self) -> None:
-        await self.ctx.events.stop()
+        await bus(self.ctx).stop()
         await self.timers.stop()
         await self.sweeps.stop()
         await self.reaper.stop()

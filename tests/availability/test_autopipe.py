@@ -19,6 +19,7 @@ from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import ResponseError
 
 from halobestie.availability.actions import HeartbeatResult, do_record_heartbeat
+from halobestie.availability.scripts import scripts
 from halobestie.clock import iso
 from halobestie.errors import NotOnline
 from halobestie.valkey.autopipe import AutoPipeline
@@ -76,7 +77,7 @@ async def spy_on_heartbeats(monkeypatch: pytest.MonkeyPatch, inst: Instance) -> 
     """A spy on the app's batched heartbeats, with the heartbeat script already in
     Valkey's cache (the shared test server may not have it yet: a NOSCRIPT batch is
     retried call by call, which the NOSCRIPT tests cover on purpose)."""
-    await inst.ctx.mirror.client.script_load(inst.ctx.scripts.heartbeat.script)
+    await inst.ctx.mirror.client.script_load(scripts(inst.ctx).heartbeat.script)
     return WireSpy(monkeypatch, inst.ctx.mirror.batched._client)
 
 
@@ -219,7 +220,7 @@ async def test_after_script_flush_a_batch_of_heartbeats_reloads_the_script_and_l
 ) -> None:
     online = [await online_mitra(inst) for _ in range(3)]
     offline = await make_user(inst.ctx, "mitra")
-    sha = inst.ctx.scripts.heartbeat.sha
+    sha = scripts(inst.ctx).heartbeat.sha
     inst.clock.advance(3)
     assert (await heartbeat(inst, online[0])).status_code == 200  # loaded, and pooled
     assert await valkey.script_exists(sha) == [True]

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from halobestie.availability import beacon, queries
+from halobestie.availability.beacon import beacon_local
 from halobestie.clock import iso
 from halobestie.errors import MirrorUnavailable
 from tests.availability import metric, metric_total
@@ -148,7 +149,7 @@ async def test_the_lease_is_four_computations_within_a_second_and_the_ttl(
     make_app: AppFactory, measured: float | None, ttl: int, lease: int
 ) -> None:
     async with make_app(AVAILABILITY_SNAPSHOT_TTL_SECONDS=ttl) as inst:
-        inst.ctx.beacon_local.compute_seconds = measured
+        beacon_local(inst.ctx).compute_seconds = measured
         assert beacon.lease_ms(inst.ctx) == lease
 
 
@@ -157,7 +158,7 @@ async def test_a_computation_measures_itself_for_the_next_lease(
 ) -> None:
     await _online_mitras(inst, 1)
     await valkey.delete(SNAPSHOT)
-    inst.ctx.beacon_local.compute_seconds = None
+    beacon_local(inst.ctx).compute_seconds = None
     await _beacon(inst.client)
-    measured = inst.ctx.beacon_local.compute_seconds
+    measured = beacon_local(inst.ctx).compute_seconds
     assert measured is not None and measured > 0

@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 
+from halobestie.availability.scripts import scripts
 from halobestie.availability.seed import seed_mirror
 from halobestie.clock import iso
 from tests.availability import insert_customer, insert_mitra, insert_session, members
@@ -245,8 +246,8 @@ async def test_a_seed_loads_the_lua_scripts_into_a_server_that_lost_them(
     """A restarted Valkey has an empty script cache; the seed that follows every restart
     loads the scripts, so the first heartbeats do not all come back NOSCRIPT."""
     async with make_app() as inst:
-        scripts = inst.ctx.scripts
-        shas = [s.sha for s in (scripts.heartbeat, scripts.apply_mitra, scripts.merge_heartbeats)]
+        lua = scripts(inst.ctx)
+        shas = [s.sha for s in (lua.heartbeat, lua.apply_mitra, lua.merge_heartbeats)]
         await valkey.script_flush()
         assert await valkey.script_exists(*shas) == [False, False, False]
 

@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 from uuid import uuid4
 
+from halobestie.events.bus import bus
 from tests.conftest import Instance, eventually
 from tests.failures import helpers
 from tests.failures.helpers import metric_sum, valkey_errors
@@ -30,7 +31,7 @@ async def test_a_failed_publish_leaves_the_mirror_trusted_and_forces_no_reseed(
     valkey_fault_app: Instance, valkey_proxy: FaultProxy
 ) -> None:
     inst = valkey_fault_app
-    events = inst.ctx.events
+    events = bus(inst.ctx)
     assert inst.ctx.mirror.trusted
     generation = inst.ctx.mirror.generation
     seeded, mirror_errors = await seeds(inst), await valkey_errors(inst)
@@ -59,7 +60,7 @@ async def test_a_failed_publish_leaves_the_mirror_trusted_and_forces_no_reseed(
 
 
 async def test_a_failed_mirror_operation_never_stops_events(inst: Instance, valkey: Any) -> None:
-    events = inst.ctx.events
+    events = bus(inst.ctx)
     published = await event_bus_errors(inst, "publish_skipped")
     inst.ctx.mirror.fail("test", ConnectionError("as if a mirror read had failed"))
     assert not inst.ctx.mirror.trusted

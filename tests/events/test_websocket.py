@@ -15,6 +15,7 @@ from websockets.exceptions import ConnectionClosed
 
 from halobestie.auth.tokens import Principal, issue_access_token
 from halobestie.clock import ManualClock
+from halobestie.events.bus import bus
 from tests.conftest import Servers, eventually
 from tests.events.live import (
     Live,
@@ -67,7 +68,7 @@ async def test_socket_is_refused_for_a_forged_or_garbage_token(live_app: LiveFac
             code, reason = await refusal(live, token)
             assert code == POLICY_VIOLATION, token
             assert reason.startswith("invalid_token"), reason
-        assert live.ctx.events.connected(person.id) == 0
+        assert bus(live.ctx).connected(person.id) == 0
 
 
 async def test_socket_is_refused_once_the_access_token_expired(live_app: LiveFactory) -> None:
@@ -123,7 +124,7 @@ async def test_socket_closes_when_its_access_token_expires(live_app: LiveFactory
         assert closed.value.rcvd is not None
         assert closed.value.rcvd.code == POLICY_VIOLATION
         assert closed.value.rcvd.reason.startswith("token_expired")
-        await eventually(lambda: live.ctx.events.connected(person.id) == 0)
+        await eventually(lambda: bus(live.ctx).connected(person.id) == 0)
 
 
 async def test_sockets_open_and_stay_open_while_postgres_is_down(
@@ -137,7 +138,7 @@ async def test_sockets_open_and_stay_open_while_postgres_is_down(
             await postgres_proxy.cut()
             try:
                 async with open_socket(live, during.token) as late:
-                    await live.ctx.events.publish([before.id, during.id], "session.updated", {})
+                    await bus(live.ctx).publish([before.id, during.id], "session.updated", {})
                     assert (await next_event(early))["type"] == "session.updated"
                     assert (await next_event(late))["type"] == "session.updated"
                 code, _ = await refusal(live, "not.a.jwt")
@@ -160,8 +161,8 @@ async def test_events_reach_every_socket_of_their_users_and_no_one_else(
             open_socket(live, ben.token) as ben_ws,
             open_socket(live, eve.token) as eve_ws,
         ):
-            assert live.ctx.events.connected(ana.id) == 2
-            await live.ctx.events.publish([ana.id, ben.id], "session.updated", {"n": 1})
+            assert bus(live.ctx).connected(ana.id) == 2
+            await bus(live.ctx).publish([ana.id, ben.id], "session.updated", {"n": 1})
             for ws in (ana_phone, ana_laptop, ben_ws):
                 assert await next_event(ws) == {"type": "session.updated", "data": {"n": 1}}
             assert await nothing_pending(eve_ws)
@@ -181,7 +182,7 @@ async def test_ping_gets_pong_and_garbage_gets_an_error_without_closing(
                 assert error["type"] == "error", garbage
                 assert error["data"]["error"] == "invalid_message"
             # still open, still delivering
-            await live.ctx.events.publish([person.id], "pairing.offer", {"request_id": "r"})
+            await bus(live.ctx).publish([person.id], "pairing.offer", {"request_id": "r"})
             assert (await next_event(ws))["type"] == "pairing.offer"
             await ws.send(json.dumps({"type": "ping"}))
             assert (await next_event(ws))["type"] == "pong"
@@ -203,17 +204,17 @@ async def test_binary_or_oversized_frames_close_the_socket(
                 await asyncio.wait_for(ws.recv(), 10)
         assert closed.value.rcvd is not None
         assert closed.value.rcvd.code == code
-        await eventually(lambda: live.ctx.events.connected(person.id) == 0)
+        await eventually(lambda: bus(live.ctx).connected(person.id) == 0)
 
 
 async def test_a_closed_socket_is_detached_from_the_bus(live_app: LiveFactory) -> None:
     async with live_app() as live:
         person = await make_user(live.ctx, "customer")
         async with open_socket(live, person.token):
-            assert live.ctx.events.connected(person.id) == 1
-        await eventually(lambda: live.ctx.events.connected(person.id) == 0)
+            assert bus(live.ctx).connected(person.id) == 1
+        await eventually(lambda: bus(live.ctx).connected(person.id) == 0)
         # publishing to a user with no socket is fine
-        await live.ctx.events.publish([person.id], "session.updated", {})
+        await bus(live.ctx).publish([person.id], "session.updated", {})
 
 
 async def test_a_client_that_stops_reading_is_cut_off_without_stalling_others(
@@ -232,16 +233,16 @@ async def test_a_client_that_stops_reading_is_cut_off_without_stalling_others(
             connect(live.ws_url(stuck.token), sock=sock, open_timeout=10, max_queue=1) as stuck_ws,
             open_socket(live, other.token) as other_ws,
         ):
-            await eventually(lambda: live.ctx.events.connected(stuck.id) == 1)
+            await eventually(lambda: bus(live.ctx).connected(stuck.id) == 1)
             for _ in range(2000):
                 # would hang here if one slow socket could block publishing
                 await asyncio.wait_for(
-                    live.ctx.events.publish([stuck.id], "session.updated", big), 10
+                    bus(live.ctx).publish([stuck.id], "session.updated", big), 10
                 )
-                if live.ctx.events.connected(stuck.id) == 0:
+                if bus(live.ctx).connected(stuck.id) == 0:
                     break
-            assert live.ctx.events.connected(stuck.id) == 0, "never cut off"
-            await live.ctx.events.publish([other.id], "pairing.offer", {})
+            assert bus(live.ctx).connected(stuck.id) == 0, "never cut off"
+            await bus(live.ctx).publish([other.id], "pairing.offer", {})
             assert (await next_event(other_ws))["type"] == "pairing.offer"
             # the stuck client, once it reads again, finds a close telling it to reconnect
             with pytest.raises(ConnectionClosed) as closed:

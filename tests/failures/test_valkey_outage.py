@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 
+from halobestie.availability.beacon import beacon_local
 from halobestie.availability.queries import find_pool
 from halobestie.availability.sweeps import run_heartbeat_writeback
 from halobestie.availability.sync import sync_mitras
@@ -71,7 +72,7 @@ async def build_cast(inst: Instance) -> Cast:
 async def all_answers(inst: Instance, cast: Cast, valkey_raw: Any) -> dict[str, Any]:
     """Every availability answer the engine gives, computed fresh (no cached beacon)."""
     await valkey_raw.delete(inst.ctx.keys.snapshot)
-    inst.ctx.fallback_beacon = None
+    beacon_local(inst.ctx).fallback = None
     pool = await find_pool(inst.ctx, inst.clock.now())
     board = await dashboard(inst, cast.admin)
     return {
@@ -213,7 +214,7 @@ async def test_breaker_one_request_pays_the_timeout_then_postgres_answers_alone(
             "reachable": True,
             "available": True,
         }
-        inst.ctx.fallback_beacon = None  # no in-process cache: each poll reaches the engine
+        beacon_local(inst.ctx).fallback = None  # no in-process cache: each poll reaches the engine
         assert state_of(await beacon(inst)) == ("available", 1)
         r = await heartbeat(inst, mitra)
         assert r.status_code == 200, r.text

@@ -17,6 +17,7 @@ import pytest
 import valkey.asyncio as valkey_async
 from valkey.exceptions import ValkeyError
 
+from halobestie.availability.beacon import beacon_local
 from halobestie.devservers import EmbeddedValkey
 from tests.conftest import AppFactory, Instance, eventually
 from tests.factories import Person, make_user
@@ -134,7 +135,7 @@ async def test_restart_under_load_never_answers_from_the_empty_server(
     async def load() -> None:
         nonlocal rounds
         while not done.is_set():
-            inst.ctx.fallback_beacon = None  # every poll reaches the engine
+            beacon_local(inst.ctx).fallback = None  # every poll reaches the engine
             await drop_snapshot()
             answer = state_of(await beacon(inst))
             if answer != ("available", 1):

@@ -11,6 +11,7 @@ from typing import Literal
 import pytest
 from websockets.asyncio.client import ClientConnection
 
+from halobestie.events.bus import bus
 from tests.conftest import Servers, eventually
 from tests.events.live import Live, LiveFactory, next_event, next_event_of, nothing_pending
 from tests.events.live import open_socket as socket_on
@@ -24,7 +25,7 @@ __all__ = ["valkey_proxy_fixture"]
 async def subscribed(*lives: Live) -> None:
     """Each instance's subscriber has confirmed its SUBSCRIBE (events published from now
     on reach it)."""
-    await eventually(lambda: all(live.ctx.events.subscribed for live in lives), within=15)
+    await eventually(lambda: all(bus(live.ctx).subscribed for live in lives), within=15)
 
 
 async def ping(ws: ClientConnection) -> None:
@@ -46,8 +47,8 @@ async def test_event_published_on_one_instance_reaches_a_socket_on_the_other(
     a, b = two
     user = await make_user(a.ctx, "customer")
     async with socket_on(a, user.token) as on_a, socket_on(b, user.token) as on_b:
-        await a.ctx.events.publish([user.id], "session.updated", {"from": "a"})
-        await b.ctx.events.publish([user.id], "session.updated", {"from": "b"})
+        await bus(a.ctx).publish([user.id], "session.updated", {"from": "a"})
+        await bus(b.ctx).publish([user.id], "session.updated", {"from": "b"})
         # each socket gets both, exactly once: the publisher's own echo is skipped
         for ws in (on_a, on_b):
             got = [await next_event(ws), await next_event(ws)]
@@ -95,10 +96,10 @@ async def test_valkey_outage_keeps_sockets_open_and_local_delivery_then_heals(
             user = await make_user(a.ctx, "mitra")
             async with socket_on(a, user.token) as on_a, socket_on(b, user.token) as on_b:
                 await (valkey_proxy.cut() if fault == "cut" else valkey_proxy.blackhole())
-                await eventually(lambda: not b.ctx.events.subscribed, within=15)
+                await eventually(lambda: not bus(b.ctx).subscribed, within=15)
 
                 # sockets stay open and served; same-instance delivery still works
-                await a.ctx.events.publish([user.id], "pairing.offer", {"n": 1})
+                await bus(a.ctx).publish([user.id], "pairing.offer", {"n": 1})
                 assert await next_event(on_a) == {"type": "pairing.offer", "data": {"n": 1}}
                 await ping(on_a)
                 await ping(on_b)
@@ -110,9 +111,9 @@ async def test_valkey_outage_keeps_sockets_open_and_local_delivery_then_heals(
                 await subscribed(a, b)
                 await eventually(lambda: a.ctx.mirror.reachable, within=15)
                 # the same sockets, never reconnected, get cross-instance events again
-                await a.ctx.events.publish([user.id], "session.updated", {"n": 2})
+                await bus(a.ctx).publish([user.id], "session.updated", {"n": 2})
                 assert (await next_event_of(on_b, "session.updated"))["data"] == {"n": 2}
                 assert (await next_event_of(on_a, "session.updated"))["data"] == {"n": 2}
-                assert b.ctx.events.reconnects >= 1
+                assert bus(b.ctx).reconnects >= 1
         finally:
             await valkey_proxy.restore()

@@ -12,6 +12,7 @@ import asyncpg
 import httpx
 
 from halobestie.availability.sync import recompute_capacity
+from halobestie.events.bus import bus
 from tests.conftest import Instance
 from tests.factories import Person, make_chat_session
 from tests.failures.helpers import online_mitra
@@ -84,7 +85,7 @@ class Inbox:
 
     def attach(self, inst: Instance, *people: Person) -> Inbox:
         for person in people:
-            inst.ctx.events.attach(person.id, _Socket(self, str(person.id)))
+            bus(inst.ctx).attach(person.id, _Socket(self, str(person.id)))
         return self
 
     def of(self, person: Person, type_: str) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from halobestie.events.bus import bus
 from halobestie.sessions.timers import run_due_timers
 from tests.conftest import Instance
 from tests.sessions.helpers import make_cast, make_pending_session, minutes, pay, url
@@ -31,7 +32,7 @@ async def test_both_parties_hear_of_every_transition_and_strangers_of_none(
     cast = await make_cast(inst)
     inboxes = {p.id: Inbox() for p in (cast.customer, cast.mitra, cast.other_customer)}
     for user_id, inbox in inboxes.items():
-        inst.ctx.events.attach(user_id, inbox)
+        bus(inst.ctx).attach(user_id, inbox)
     first = await make_pending_session(inst, cast.customer, cast.mitra, minutes=5)
     await pay(inst, first)
     r = await inst.client.post(

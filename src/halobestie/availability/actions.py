@@ -13,6 +13,7 @@ from ..context import Context
 from ..errors import DatabaseBusy, MirrorUnavailable, MitraDeactivated, NotFound, NotOnline
 from ..sessions import actions as session_actions
 from ..sessions.transitions import OPEN, after_session_change
+from .scripts import scripts
 from .status import MitraView, get_mitra_view
 from .sync import sync_mitras
 
@@ -186,7 +187,7 @@ async def do_record_heartbeat(ctx: Context, mitra_id: UUID, now: datetime) -> He
         outcome = await ctx.mirror.read(
             "heartbeat",
             lambda c: ctx.mirror.batched.call(
-                ctx.scripts.heartbeat,
+                scripts(ctx).heartbeat,
                 [keys.deactivated, keys.online, keys.heartbeat(key_id)],
                 [key_id, stamp],
             ),

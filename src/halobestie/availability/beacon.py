@@ -29,8 +29,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..clock import iso
-from ..context import Context
+from ..context import Context, Slot
 from ..errors import MirrorUnavailable
+from .flight import BeaconLocal
 from .queries import Pool, find_pool, pool_from_postgres
 
 # How long a loser with no last copy waits for the holder's snapshot before computing.
@@ -72,6 +73,14 @@ return 0
 """
 
 
+BEACON_LOCAL: Slot[BeaconLocal] = Slot("beacon", lambda _: BeaconLocal())
+
+
+def beacon_local(ctx: Context) -> BeaconLocal:
+    """This instance's side of the beacon (flight.py)."""
+    return ctx.get(BEACON_LOCAL)
+
+
 def snapshot_from(pool: Pool, now: datetime) -> dict[str, Any]:
     available = len(pool.available)
     if available:
@@ -94,7 +103,7 @@ async def get_beacon(ctx: Context, now: datetime) -> dict[str, Any]:
         )
         if raw is not None:
             return dict(json.loads(raw))
-        return await ctx.beacon_local.flight.run(lambda: _on_miss(ctx, now))
+        return await beacon_local(ctx).flight.run(lambda: _on_miss(ctx, now))
     except MirrorUnavailable:
         return await _beacon_from_postgres(ctx, now)
 
@@ -102,7 +111,7 @@ async def get_beacon(ctx: Context, now: datetime) -> dict[str, Any]:
 def lease_ms(ctx: Context) -> int:
     """The lock's lease in ms: sized to this instance's last computation, so a holder
     that dies delays the next fresh snapshot by about a computation, not a TTL."""
-    measured = ctx.beacon_local.compute_seconds
+    measured = beacon_local(ctx).compute_seconds
     guess = FIRST_COMPUTATION_GUESS_SECONDS if measured is None else measured
     ttl = float(ctx.settings.availability_snapshot_ttl_seconds)
     return int(1000 * min(ttl, max(LEASE_MIN_SECONDS, LEASE_PER_COMPUTATION * guess)))
@@ -171,7 +180,7 @@ async def _while_another_computes(ctx: Context, now: datetime) -> dict[str, Any]
 async def _compute(ctx: Context, now: datetime, *, source: str) -> dict[str, Any]:
     started = time.monotonic()
     snapshot = snapshot_from(await find_pool(ctx, now, reader="beacon"), now)
-    ctx.beacon_local.compute_seconds = time.monotonic() - started
+    beacon_local(ctx).compute_seconds = time.monotonic() - started
     ctx.metrics.snapshot_computations.labels(source=source).inc()
     return snapshot
 
@@ -183,13 +192,14 @@ def _store_args(ctx: Context, snapshot: dict[str, Any]) -> tuple[str, int, int]:
 
 async def _beacon_from_postgres(ctx: Context, now: datetime) -> dict[str, Any]:
     ctx.metrics.fallback_reads.labels(reader="beacon").inc()
-    cached = ctx.fallback_beacon
+    local = beacon_local(ctx)
+    cached = local.fallback
     if cached is not None and cached[0] > now:
         return cached[1]
     # Single flight: when the cache expires under load, one request runs the aggregate
     # and the others wait for its answer (measured without this: p99 1.7 s at 100k).
-    async with ctx.fallback_beacon_lock:
-        cached = ctx.fallback_beacon
+    async with local.fallback_lock:
+        cached = local.fallback
         if cached is not None and cached[0] > now:
             return cached[1]
         pool = Pool(
@@ -200,5 +210,5 @@ async def _beacon_from_postgres(ctx: Context, now: datetime) -> dict[str, Any]:
         snapshot = snapshot_from(pool, now)
         ctx.metrics.snapshot_computations.labels(source="postgres").inc()
         ttl = timedelta(seconds=ctx.settings.availability_snapshot_ttl_seconds)
-        ctx.fallback_beacon = (now + ttl, snapshot)
+        local.fallback = (now + ttl, snapshot)
         return snapshot

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -45,7 +46,12 @@ class SingleFlight(Generic[T]):
 @dataclass
 class BeaconLocal:
     """This instance's side of the shared beacon: its one flight on a snapshot miss, and
-    how long its last computation took (seconds, monotonic), which sizes the lock lease."""
+    how long its last computation took (seconds, monotonic), which sizes the lock lease.
+    While Valkey is down: the in-process cache of the beacon, which protects Postgres
+    from one aggregate per customer poll during an outage, (expires at, snapshot), and
+    the lock under which one request recomputes it."""
 
     flight: SingleFlight[dict[str, Any]] = field(default_factory=SingleFlight)
     compute_seconds: float | None = None
+    fallback: tuple[datetime, dict[str, Any]] | None = None
+    fallback_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

@@ -33,6 +33,7 @@ from typing import Any
 from ..clock import iso
 from ..context import Context
 from ..valkey.mirror import Client
+from .scripts import scripts
 
 BAND = 10**13
 # Candidates kept for the random draw among equal scores, per offered mitra: ties are the
@@ -86,7 +87,7 @@ async def pick_from_index(
     async def pick(client: Client) -> Any:
         # Not on the auto-pipeline: a pick is not idempotent, so it must not be resent
         # after a dropped connection.
-        return await ctx.scripts.pick_offers(
+        return await scripts(ctx).pick_offers(
             keys=[keys.ranked],
             args=[
                 keys.heartbeat(""),

@@ -19,6 +19,7 @@ from ..context import Context
 from ..logs import get_logger
 from ..valkey.mirror import Client
 from .drift import Drift, compare, read_mirrored
+from .scripts import scripts
 from .truth import MirrorState, locked_truth
 
 log = get_logger(__name__)
@@ -67,7 +68,7 @@ async def seed_mirror(ctx: Context, reason: str, *, measure_drift: bool = False)
 
 
 async def _load_scripts(ctx: Context, client: Any) -> None:
-    for script in ctx.scripts.all:
+    for script in scripts(ctx).all:
         await client.script_load(script.script)
 
 
@@ -97,7 +98,7 @@ async def _write(ctx: Context, client: Client, truth: MirrorState) -> SeedCounts
     pairs = sorted(truth.ranked.items())
     for start in range(0, len(pairs), CHUNK):
         flat = [str(x) for pair in pairs[start : start + CHUNK] for x in pair]
-        await ctx.scripts.merge_ranked(keys=[keys.ranked, ranked_tmp], args=flat, client=client)
+        await scripts(ctx).merge_ranked(keys=[keys.ranked, ranked_tmp], args=flat, client=client)
     async with client.pipeline(transaction=True) as pipe:
         await _swap_set(pipe, keys.online, keys.seed_tmp(f"online:{token}"), truth.online)
         await _swap_set(
@@ -119,7 +120,7 @@ async def _write(ctx: Context, client: Client, truth: MirrorState) -> SeedCounts
     beats = sorted(truth.heartbeats.items())
     for start in range(0, len(beats), CHUNK):
         chunk = beats[start : start + CHUNK]
-        await ctx.scripts.merge_heartbeats(
+        await scripts(ctx).merge_heartbeats(
             keys=[keys.heartbeat(m) for m, _ in chunk], args=[t for _, t in chunk]
         )
     stale: list[str] = []

@@ -22,6 +22,7 @@ from ..context import Context
 from ..logs import get_logger
 from . import locks
 from .ranked import epoch_ms
+from .scripts import scripts
 
 log = get_logger(__name__)
 
@@ -67,7 +68,7 @@ async def _apply(ctx: Context, rows: Sequence[asyncpg.Record]) -> None:
         mitra_id = str(row["id"])
         heartbeat = row["last_heartbeat_at"]
         return ctx.mirror.batched.call(
-            ctx.scripts.apply_mitra,
+            scripts(ctx).apply_mitra,
             [
                 keys.online,
                 keys.deactivated,

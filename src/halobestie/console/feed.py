@@ -24,6 +24,7 @@ from typing import Any
 from uuid import UUID
 
 from ..context import Context
+from ..events.bus import bus
 from ..logs import get_logger
 from .models import Overview, Sample
 from .queries import overview
@@ -109,6 +110,6 @@ class AdminFeed:
                 due = time.monotonic() - pushed_at >= KEEPALIVE_SECONDS
                 if fresh or due or comparable != pushed:
                     text = json.dumps({"type": EVENT, "data": view.model_dump(mode="json")})
-                    await self.ctx.events.deliver_local(list(self.watchers), text)
+                    await bus(self.ctx).deliver_local(list(self.watchers), text)
                     pushed, pushed_at = comparable, time.monotonic()
             await asyncio.sleep(max(MIN_INTERVAL_SECONDS, COST_FACTOR * cost))

@@ -20,6 +20,7 @@ from ..clock import iso, parse_iso
 from ..context import Context
 from ..db import UNREACHABLE
 from ..errors import DatabaseBusy, DatabaseUnavailable, MirrorUnavailable, ServiceUnavailable
+from ..events.bus import bus
 from ..valkey.mirror import Client
 from .models import (
     Beacon,
@@ -143,8 +144,8 @@ def health(ctx: Context, postgres: str) -> Health:
         valkey_reachable=mirror.enabled and mirror.reachable,
         mirror_trusted=mirror.trusted,
         fallback=not usable,
-        events_subscribed=ctx.events.subscribed,
-        instance_id=ctx.events.instance_id,
+        events_subscribed=bus(ctx).subscribed,
+        instance_id=bus(ctx).instance_id,
     )
 
 

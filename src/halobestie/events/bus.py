@@ -31,6 +31,7 @@ from uuid import UUID
 
 import valkey.asyncio as valkey_async
 
+from ..context import Context, Slot
 from ..logs import get_logger
 from ..metrics import Metrics
 from ..valkey.breaker import Breaker
@@ -74,9 +75,9 @@ class EventBus:
         subscriber is the domain's probe: losing its link opens the breaker, subscribing
         again closes it; a failed PUBLISH opens it too, and the next is tried `retry_after`
         seconds later (half-open). While it is open, events reach this instance's sockets
-        only. `operation_timeout` bounds the
-        subscriber's commands. `enabled` False (VALKEY_MIRROR_ENABLED=false, the design
-        before Valkey that benchmarks measure): nothing is published to Valkey."""
+        only. `operation_timeout` bounds the subscriber's commands. `enabled` False
+        (VALKEY_MIRROR_ENABLED=false, the design before Valkey that benchmarks measure):
+        nothing is published to Valkey."""
         self.keys = keys
         self.enabled = enabled
         self.breaker = Breaker("events", metrics.event_bus_errors, retry_after=retry_after)
@@ -242,3 +243,24 @@ class EventBus:
             await self.deliver_local([str(u) for u in users], text)
         except Exception:
             log.exception("event_remote_delivery_failed")
+
+
+def _build(ctx: Context) -> EventBus:
+    settings = ctx.settings
+    return EventBus(
+        ctx.metrics,
+        ctx.keys,
+        settings.valkey_client_url,
+        publish_timeout=settings.valkey_operation_timeout_seconds,
+        retry_after=settings.valkey_probe_interval_seconds,
+        operation_timeout=max(settings.valkey_operation_timeout_seconds, 1.0),
+        enabled=settings.valkey_mirror_enabled,
+    )
+
+
+BUS: Slot[EventBus] = Slot("event bus", _build)
+
+
+def bus(ctx: Context) -> EventBus:
+    """This instance's event bus (the runtime starts and stops its subscriber)."""
+    return ctx.get(BUS)

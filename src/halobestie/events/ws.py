@@ -35,6 +35,7 @@ from ..auth.tokens import Principal, decode_access_token
 from ..context import Context
 from ..errors import InvalidToken, ServiceUnavailable
 from ..logs import get_logger
+from .bus import bus
 
 log = get_logger(__name__)
 
@@ -107,7 +108,7 @@ async def events_socket(websocket: WebSocket) -> None:
     # No await between these two: the client's first frame is `ready`, and every event
     # published after it was queued reaches this socket.
     outbox.put(event("ready", {"user_id": str(principal.user_id), "role": principal.role}))
-    ctx.events.attach(principal.user_id, outbox)
+    bus(ctx).attach(principal.user_id, outbox)
     # Admins also get `admin.counts` from this instance's feed (console/feed.py).
     feed = websocket.app.state.admin_feed if principal.role == "admin" else None
     if feed is not None:
@@ -124,7 +125,7 @@ async def events_socket(websocket: WebSocket) -> None:
         log.exception("ws_failed", user_id=str(principal.user_id))
         close = Close(1011, "internal error")
     finally:
-        ctx.events.detach(principal.user_id, outbox)
+        bus(ctx).detach(principal.user_id, outbox)
         if feed is not None:
             feed.unwatch(principal.user_id)
         for task in tasks:

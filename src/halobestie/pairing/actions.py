@@ -20,6 +20,7 @@ from ..availability.ranked import offerable, pick_from_index, window_from_postgr
 from ..clock import iso
 from ..context import Context
 from ..errors import InvalidState, MirrorUnavailable, NoMitraAvailable, NotFound
+from ..events.bus import bus
 from ..logs import get_logger
 from ..sessions.timers import (
     AfterCommit,
@@ -49,7 +50,7 @@ def publish(ctx: Context, users: Iterable[UUID], type_: str, data: dict[str, Any
     recipients = list(users)
 
     async def effect() -> None:
-        await ctx.events.publish(recipients, type_, data)
+        await bus(ctx).publish(recipients, type_, data)
 
     return effect
 

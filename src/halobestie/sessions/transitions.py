@@ -23,6 +23,7 @@ from ..availability.sync import recompute_capacity
 from ..clock import iso
 from ..context import Context
 from ..errors import InvalidState, NotFound
+from ..events.bus import bus
 
 Status = Literal["pending_payment", "active", "ended", "expired", "cancelled", "rerouted"]
 ActorRole = Literal["customer", "mitra", "admin", "system", "payment"]
@@ -123,7 +124,7 @@ async def after_session_change(ctx: Context, rows: Iterable[Any]) -> None:
     for mitra_id in sorted({row["mitra_id"] for row in rows}):
         await recompute_capacity(ctx, mitra_id)
     for row in rows:
-        await ctx.events.publish(
+        await bus(ctx).publish(
             [row["customer_id"], row["mitra_id"]],
             "session.updated",
             {"session": public_session(row)},
