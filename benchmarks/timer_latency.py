@@ -49,7 +49,7 @@ if __package__ in (None, ""):  # `python benchmarks/timer_latency.py`
 import asyncpg
 
 from halobestie.migrate import run_migrations
-from halobestie.sessions.timers import schedule_timer
+from halobestie.timers import schedule_timer
 
 from .infra import REPO, Procs, app_env, cpu_model, load_average, start_servers
 

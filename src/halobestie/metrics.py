@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 @dataclass
@@ -31,6 +31,20 @@ class Metrics:
         )
         for operation in ("publish", "publish_skipped", "subscribe"):
             self.event_bus_errors.labels(operation=operation)
+        self.after_commit_failures = Counter(
+            "halobestie_after_commit_failures_total",
+            "Effects of a committed write (mirror write-through, events) that failed; the"
+            " write stood and was answered as a success, the sweeps heal what the effect"
+            " missed (aftercommit.py).",
+            ["effect"],
+            registry=r,
+        )
+        self.timers_unhandled_due = Gauge(
+            "halobestie_timers_unhandled_due",
+            "Due timers of a kind no handler of this instance fires (left unfired, for an"
+            " instance that knows the kind), as last seen by this instance's timer runner.",
+            registry=r,
+        )
         self.fallback_reads = Counter(
             "halobestie_fallback_reads_total",
             "Reads answered from Postgres because the Valkey mirror was not usable.",

@@ -5,6 +5,8 @@ restore timers -> seed Valkey from Postgres -> start the watcher, sweeps and tim
 
 from __future__ import annotations
 
+from typing import get_args
+
 from .availability.seed import seed_mirror
 from .availability.sweeps import SweepRunner
 from .clock import Clock, SystemClock
@@ -14,13 +16,25 @@ from .db import Bounds, Database
 from .events.bus import bus
 from .logs import get_logger
 from .metrics import Metrics
-from .sessions import lifecycle  # noqa: F401  (timer handlers, before restore_timers)
-from .sessions.timers import TimerRunner, restore_timers
+from .pairing.actions import expire_offer
+from .sessions.lifecycle import on_payment_timeout, on_session_expiry
 from .stalls import StallReaper
+from .timers import HANDLERS, Handler, TimerKind, TimerRunner, restore_timers
 from .valkey.keys import Keys
 from .valkey.mirror import Mirror
 
 log = get_logger(__name__)
+
+
+def timer_handlers() -> dict[TimerKind, Handler]:
+    """Every timer kind and the handler that fires it: the one table (timers.py). A kind
+    missing here would never fire (left unfired, logged, counted); Runtime refuses to
+    start without a handler for each kind."""
+    return {
+        "offer_expiry": expire_offer,
+        "payment_timeout": on_payment_timeout,
+        "session_expiry": on_session_expiry,
+    }
 
 
 class Runtime:
@@ -52,6 +66,11 @@ class Runtime:
             metrics=metrics,
             clock=clock or SystemClock(),
         )
+        handlers = timer_handlers()
+        missing = set(get_args(TimerKind)) - set(handlers)
+        if missing:
+            raise RuntimeError(f"timer kinds without a handler: {sorted(missing)}")
+        self.ctx.provide(HANDLERS, handlers)
         self.sweeps = SweepRunner(self.ctx)
         self.timers = TimerRunner(self.ctx)
         self.reaper = StallReaper(

@@ -1,4 +1,5 @@
-"""Durable timers: offer expiry, payment timeout, session expiry.
+"""Durable timers: offer expiry, payment timeout, session expiry (the engine; what each
+kind does lives with its feature).
 
 Each timer is a row in `timers` (kind, ref_id, due_at). Whoever schedules it does so in
 the same transaction as the state it guards, so a timer exists exactly when its state
@@ -16,22 +17,29 @@ be lost while a listener reconnects).
 
 Startup order is fixed (SPEC §1): restore timers -> seed Valkey -> serve. The restore
 fires whatever fell due while no instance was running, so the seed reads settled truth.
+
+The kinds and their handlers are one table, `runtime.timer_handlers()`, built at startup
+and provided to the context (`HANDLERS`); nothing registers itself by being imported. A
+due timer whose kind has no handler here is never claimed: it stays unfired (for an
+instance that knows it, e.g. during a rolling deploy), and is logged and counted
+(`halobestie_timers_unhandled_due`) instead of being silently marked fired.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
 
-from ..context import Context
-from ..db import BOUND_REACHED, UNREACHABLE
-from ..errors import ServiceUnavailable
-from ..logs import get_logger
+from .aftercommit import AfterCommit, run_after_commit
+from .context import Context, Slot
+from .db import BOUND_REACHED, UNREACHABLE
+from .errors import ServiceUnavailable
+from .logs import get_logger
 
 log = get_logger(__name__)
 
@@ -47,28 +55,11 @@ RETRY_FAILED_AFTER = timedelta(seconds=5)
 # the runner retries it shortly, instead of deferring it as a failed handler.
 PASS_THROUGH: tuple[type[Exception], ...] = (ServiceUnavailable, *UNREACHABLE, *BOUND_REACHED)
 
-# What a handler returns: work to run after its transaction commits (capacity
-# recompute, events), never inside it.
-AfterCommit = Callable[[], Awaitable[None]]
+# A handler runs inside the firing transaction (which holds the timer row) and returns
+# its effects, run after that transaction commits (aftercommit.py), never inside it.
 Handler = Callable[[Context, Any, UUID, datetime], Awaitable[list[AfterCommit]]]
-
-
-async def run_after_commit(effects: Iterable[AfterCommit]) -> None:
-    """The commit is done: a failing side effect is logged, never turned into an error
-    for a write that happened (capacity heals with the next transition or reseed;
-    events are hints a client re-fetches over REST)."""
-    for effect in effects:
-        try:
-            await effect()
-        except Exception:
-            log.exception("after_commit_failed")
-
-
-_handlers: dict[str, Handler] = {}
-
-
-def register_timer_handler(kind: TimerKind, handler: Handler) -> None:
-    _handlers[kind] = handler
+# The table of kinds and handlers, built once by the runtime (`runtime.timer_handlers`).
+HANDLERS: Slot[Mapping[TimerKind, Handler]] = Slot("timer handlers")
 
 
 async def schedule_timer(conn: Any, kind: TimerKind, ref_id: UUID, due_at: datetime) -> None:
@@ -90,11 +81,11 @@ async def cancel_timer(conn: Any, kind: TimerKind, ref_id: UUID) -> None:
     )
 
 
-# One due row, claimed for the length of one transition: a row another instance is
-# firing is skipped, never waited for.
+# One due row of a kind this instance can fire, claimed for the length of one
+# transition: a row another instance is firing is skipped, never waited for.
 CLAIM_SQL = """
 SELECT id, kind, ref_id FROM timers
-WHERE fired_at IS NULL AND due_at <= $1
+WHERE fired_at IS NULL AND due_at <= $1 AND kind = ANY($2::text[])
 ORDER BY due_at LIMIT 1
 FOR UPDATE SKIP LOCKED
 """
@@ -108,17 +99,19 @@ async def run_due_timers(ctx: Context, now: datetime) -> int:
     locked only for that one transition (a batch in one transaction would keep the
     first session locked, and its payment webhook waiting, until the last had fired).
     Raises DatabaseUnavailable / DatabaseBusy: what fired before stays fired."""
+    handlers = ctx.get(HANDLERS)
+    kinds = sorted(handlers)
     fired = 0
     while True:
         effects: list[AfterCommit] = []
         async with ctx.db.transaction() as conn:
-            row = await conn.fetchrow(CLAIM_SQL, now)
+            row = await conn.fetchrow(CLAIM_SQL, now, kinds)
             if row is None:
                 return fired
-            handler = _handlers.get(row["kind"])
+            handler = handlers[row["kind"]]
             try:
                 async with conn.transaction():  # a savepoint: a failing handler leaves no trace
-                    done = await handler(ctx, conn, row["ref_id"], now) if handler else []
+                    done = await handler(ctx, conn, row["ref_id"], now)
                     await conn.execute(
                         "UPDATE timers SET fired_at = $2 WHERE id = $1", row["id"], now
                     )
@@ -135,15 +128,40 @@ async def run_due_timers(ctx: Context, now: datetime) -> int:
             else:
                 effects = done
                 fired += 1
-        await run_after_commit(effects)
+        await run_after_commit(ctx, effects)
 
 
-async def next_due(ctx: Context) -> datetime | None:
+# Two index walks of timers_pending_idx in one round trip: the next due time of a kind
+# this instance fires, and how many due timers no handler here fires (normally none).
+NEXT_DUE_SQL = """
+SELECT (SELECT min(due_at) FROM timers WHERE fired_at IS NULL AND kind = ANY($1::text[])),
+       (SELECT count(*) FROM timers
+         WHERE fired_at IS NULL AND due_at <= $2 AND kind <> ALL($1::text[]))
+"""
+UNHANDLED_KINDS_SQL = """
+SELECT DISTINCT kind FROM timers
+WHERE fired_at IS NULL AND due_at <= $2 AND kind <> ALL($1::text[]) ORDER BY kind
+"""
+
+
+async def next_due(ctx: Context, now: datetime) -> tuple[datetime | None, int]:
+    """(the earliest due time of a kind this instance fires, None when there is none;
+    how many timers are due at `now` whose kind has no handler here)."""
+    handlers = ctx.get(HANDLERS)
     async with ctx.db.connection() as conn:
-        due: datetime | None = await conn.fetchval(
-            "SELECT min(due_at) FROM timers WHERE fired_at IS NULL"
-        )
-    return due
+        row = await conn.fetchrow(NEXT_DUE_SQL, sorted(handlers), now)
+    return row[0], int(row[1])
+
+
+async def report_unhandled(ctx: Context, now: datetime, unhandled: int, seen: int) -> None:
+    """Publish the count of due timers no handler here fires (gauge), and log it with
+    their kinds when it changed since `seen`, the count last reported."""
+    ctx.metrics.timers_unhandled_due.set(unhandled)
+    if unhandled and unhandled != seen:
+        handlers = ctx.get(HANDLERS)
+        async with ctx.db.connection() as conn:
+            rows = await conn.fetch(UNHANDLED_KINDS_SQL, sorted(handlers), now)
+        log.error("timers_unhandled", due=unhandled, kinds=[r["kind"] for r in rows])
 
 
 class TimerRunner:
@@ -157,6 +175,7 @@ class TimerRunner:
         # (used inside asyncpg) can swallow a cancel, and stop() would wait forever.
         self._stopping = False
         self._listen_closed = asyncio.Event()
+        self._unhandled = 0
 
     def start(self) -> None:
         self._stopping = False
@@ -181,7 +200,9 @@ class TimerRunner:
             try:
                 now = self.ctx.clock.now()
                 await run_due_timers(self.ctx, now)
-                due = await next_due(self.ctx)
+                due, unhandled = await next_due(self.ctx, now)
+                await report_unhandled(self.ctx, now, unhandled, self._unhandled)
+                self._unhandled = unhandled
                 if due is not None and due <= now:
                     # Due by the time we looked, yet not taken: locked by another
                     # instance firing it. Not a tight loop meanwhile.
@@ -236,28 +257,15 @@ class TimerRunner:
                     conn.terminate()  # close() could wait forever on a dead link
 
 
-# -- startup hook ----------------------------------------------------------------------
-
-Restorer = Callable[[Context, datetime], Awaitable[None]]
-_restorers: list[Restorer] = []
-
-
-def register_restorer(restorer: Restorer) -> None:
-    if restorer not in _restorers:
-        _restorers.append(restorer)
-
-
-async def _fire_overdue(ctx: Context, now: datetime) -> None:
-    fired = await run_due_timers(ctx, now)
-    if fired:
-        log.info("timers_restored", fired=fired)
-
-
-register_restorer(_fire_overdue)
+# -- startup --------------------------------------------------------------------------
 
 
 async def restore_timers(ctx: Context, now: datetime) -> int:
-    """Run every registered restorer in registration order; returns how many ran."""
-    for restorer in _restorers:
-        await restorer(ctx, now)
-    return len(_restorers)
+    """Fire every timer that fell due while no instance ran (before the seed: SPEC §1);
+    returns how many fired. Due timers of a kind without a handler are reported."""
+    fired = await run_due_timers(ctx, now)
+    if fired:
+        log.info("timers_restored", fired=fired)
+    _, unhandled = await next_due(ctx, now)
+    await report_unhandled(ctx, now, unhandled, 0)
+    return fired

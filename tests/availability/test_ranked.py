@@ -11,7 +11,7 @@ import asyncpg
 
 from halobestie.availability.ranked import BAND, epoch_ms
 from halobestie.availability.sweeps import run_auto_offline
-from halobestie.sessions.timers import run_due_timers
+from halobestie.timers import run_due_timers
 from tests.availability import NO_DIFFERENCES
 from tests.conftest import AppFactory, Instance
 from tests.factories import PASSWORD, Person, make_user

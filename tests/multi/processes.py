@@ -19,7 +19,7 @@ from uuid import UUID
 import asyncpg
 import httpx
 
-from halobestie.sessions.timers import schedule_timer
+from halobestie.timers import schedule_timer
 from tests.conftest import TEST_JWT_SECRET, TEST_WEBHOOK_SECRET, Servers
 
 SERVE = "from halobestie.cli import main; main()"

@@ -14,7 +14,7 @@ import pytest
 
 from halobestie.clock import SystemClock
 from halobestie.runtime import Runtime
-from halobestie.sessions.timers import CHANNEL
+from halobestie.timers import CHANNEL
 from tests.conftest import Servers, eventually, settings_for
 from tests.failures.helpers import postgres_proxy_fixture, postgres_url_via
 from tests.multi.processes import (

@@ -9,7 +9,7 @@ from uuid import UUID
 
 import asyncpg
 
-from halobestie.sessions.timers import run_due_timers
+from halobestie.timers import run_due_timers
 from tests.conftest import AppFactory, Instance
 from tests.factories import make_user
 from tests.failures.helpers import online_mitra

@@ -10,7 +10,7 @@ from uuid import UUID
 import asyncpg
 import httpx
 
-from halobestie.sessions.timers import run_due_timers
+from halobestie.timers import run_due_timers
 from tests.conftest import Instance, eventually
 from tests.factories import make_user
 from tests.failures import helpers

@@ -10,9 +10,9 @@ from uuid import UUID
 import asyncpg
 import pytest
 
+from halobestie.aftercommit import run_after_commit
 from halobestie.errors import NoMitraAvailable
 from halobestie.pairing.actions import open_pairing_request
-from halobestie.sessions.timers import run_after_commit
 from tests.conftest import Instance
 from tests.factories import Person, make_chat_session, make_user
 
@@ -54,7 +54,7 @@ async def test_excluded_mitras_are_not_offered_and_the_reroute_is_recorded(
     )
     # The offers are the caller's to publish, after its commit.
     assert all(inbox.of(m, "pairing.offer") == [] for m in others)
-    await run_after_commit(effects)
+    await run_after_commit(inst.ctx, effects)
     assert all(len(inbox.of(m, "pairing.offer")) == 1 for m in others)
     assert inbox.of(previous, "pairing.offer") == []
 

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from halobestie.events.bus import bus
-from halobestie.sessions.timers import run_due_timers
+from halobestie.timers import run_due_timers
 from tests.conftest import Instance
 from tests.sessions.helpers import make_cast, make_pending_session, minutes, pay, url
 

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 
 from halobestie.clock import iso
-from halobestie.sessions.timers import run_due_timers
+from halobestie.timers import run_due_timers
 from tests.conftest import AppFactory, Instance
 from tests.sessions.helpers import (
     assert_capacity_mirrored,

@@ -11,7 +11,7 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from halobestie.sessions.timers import run_due_timers
+from halobestie.timers import run_due_timers
 from tests.conftest import AppFactory, Instance
 from tests.sessions.helpers import (
     Cast,

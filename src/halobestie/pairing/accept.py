@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from ..aftercommit import AfterCommit, run_after_commit
 from ..context import Context
 from ..errors import (
     AlreadyTaken,
@@ -25,8 +26,8 @@ from ..errors import (
     RequestClosed,
 )
 from ..sessions import actions as session_actions
-from ..sessions.timers import AfterCommit, cancel_timer, run_after_commit
-from ..sessions.transitions import OPEN, SESSION_COLUMNS, after_session_change
+from ..sessions.transitions import OPEN, SESSION_COLUMNS, session_changed
+from ..timers import cancel_timer
 from .actions import publish
 from .queries import lock_request, offered_mitras
 
@@ -112,9 +113,5 @@ async def do_accept_pairing_request(
         await cancel_timer(conn, "offer_expiry", request_id)
         others = [m for m in mitras if m != mitra_id]
         effects.append(publish(ctx, others, "pairing.taken", {"request_id": str(request_id)}))
-
-    async def capacity_and_session_event() -> None:
-        await after_session_change(ctx, [session])
-
-    await run_after_commit([capacity_and_session_event, *effects])
+    await run_after_commit(ctx, [session_changed(ctx, [session]), *effects])
     return session

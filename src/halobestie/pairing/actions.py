@@ -15,6 +15,7 @@ from uuid import UUID
 
 import asyncpg
 
+from ..aftercommit import AfterCommit, run_after_commit
 from ..availability.queries import mitra_reachability
 from ..availability.ranked import offerable, pick_from_index, window_from_postgres
 from ..clock import iso
@@ -22,13 +23,7 @@ from ..context import Context
 from ..errors import InvalidState, MirrorUnavailable, NoMitraAvailable, NotFound
 from ..events.bus import bus
 from ..logs import get_logger
-from ..sessions.timers import (
-    AfterCommit,
-    cancel_timer,
-    register_timer_handler,
-    run_after_commit,
-    schedule_timer,
-)
+from ..timers import cancel_timer, schedule_timer
 from .queries import (
     REQUEST_COLUMNS,
     last_offered,
@@ -243,7 +238,7 @@ async def do_open_pairing_request(
             rerouted_from=None,
             now=now,
         )
-    await run_after_commit(effects)
+    await run_after_commit(ctx, effects)
     return public
 
 
@@ -275,7 +270,7 @@ async def do_cancel_pairing_request(
             await cancel_timer(conn, "offer_expiry", request_id)
             data = {"request_id": str(request_id), "reason": "cancelled"}
             effects.append(publish(ctx, [customer_id, *mitras], "pairing.expired", data))
-    await run_after_commit(effects)
+    await run_after_commit(ctx, effects)
     return public_pairing_request(row, mitras)
 
 
@@ -292,6 +287,3 @@ async def expire_offer(
     if row is None:
         return []
     return await _expired_effects(ctx, conn, request_id, row["customer_id"], "timeout")
-
-
-register_timer_handler("offer_expiry", expire_offer)

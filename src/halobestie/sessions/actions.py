@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from ..aftercommit import AfterCommit, run_after_commit
 from ..auth.tokens import Principal
 from ..availability.load import record_session_change
 from ..clock import iso
@@ -14,9 +15,8 @@ from ..context import Context
 from ..errors import InvalidState, PaymentReferenceReused
 from ..pairing.actions import open_pairing_request
 from ..pairing.queries import lock_customer_search
-from . import lifecycle  # noqa: F401  (registers the session timers' handlers)
+from ..timers import TimerKind, cancel_timer, schedule_timer
 from .queries import is_party, not_found
-from .timers import AfterCommit, TimerKind, cancel_timer, run_after_commit, schedule_timer
 from .transitions import (
     OPEN,
     SESSION_COLUMNS,
@@ -25,6 +25,7 @@ from .transitions import (
     after_session_change,
     lock_session,
     record_event,
+    session_changed,
     transition,
 )
 
@@ -252,6 +253,6 @@ async def do_reroute_session(
             rerouted_from=session_id,
             now=now,
         )
-    changed: AfterCommit = lambda: after_session_change(ctx, [row])  # noqa: E731
-    await run_after_commit([changed, *effects])
+    changed: AfterCommit = session_changed(ctx, [row])
+    await run_after_commit(ctx, [changed, *effects])
     return request

@@ -1,7 +1,7 @@
 """The session timers' handlers: payment timeout and session expiry.
 
-Registered with the timer engine when this module is imported (`runtime.py` imports it,
-so the handlers exist before startup restores overdue timers). Each runs inside the
+In the runtime's table of timer kinds (`runtime.timer_handlers`), built before startup
+restores overdue timers. Each runs inside the
 firing transaction, which already holds the timer row; it locks the session and is a
 no-op when the session has moved on (paid, ended, rerouted, extended). Capacity and
 events follow after commit through `after_session_change`.
@@ -17,9 +17,10 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from ..aftercommit import AfterCommit
 from ..context import Context
-from .timers import AfterCommit, cancel_timer, register_timer_handler, schedule_timer
-from .transitions import SESSION_COLUMNS, after_session_change, transition
+from ..timers import cancel_timer, schedule_timer
+from .transitions import SESSION_COLUMNS, session_changed, transition
 
 
 async def _lock_if_exists(conn: Any, session_id: UUID) -> Any:
@@ -27,13 +28,6 @@ async def _lock_if_exists(conn: Any, session_id: UUID) -> Any:
         f"SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE id = $1 FOR UPDATE",  # noqa: S608
         session_id,
     )
-
-
-def after_commit(ctx: Context, row: Any) -> AfterCommit:
-    async def effect() -> None:
-        await after_session_change(ctx, [row])
-
-    return effect
 
 
 async def on_payment_timeout(
@@ -47,7 +41,7 @@ async def on_payment_timeout(
         conn, row, "cancelled", actor_id=None, actor_role="system", reason="payment timeout",
         now=now,
     )  # fmt: skip
-    return [after_commit(ctx, row)]
+    return [session_changed(ctx, [row])]
 
 
 async def on_session_expiry(
@@ -69,8 +63,4 @@ async def on_session_expiry(
         conn, row, "expired", actor_id=None, actor_role="system", reason="ends_at reached",
         now=now,
     )  # fmt: skip
-    return [after_commit(ctx, row)]
-
-
-register_timer_handler("payment_timeout", on_payment_timeout)
-register_timer_handler("session_expiry", on_session_expiry)
+    return [session_changed(ctx, [row])]

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
+from ..aftercommit import AfterCommit
 from ..availability.load import record_session_change
 from ..availability.sync import recompute_capacity
 from ..clock import iso
@@ -116,6 +117,17 @@ async def record_event(
         reason,
         now,
     )
+
+
+def session_changed(ctx: Context, rows: Iterable[Any]) -> AfterCommit:
+    """The effect of committed changes to these sessions (`after_session_change`), for
+    `aftercommit.run_after_commit`."""
+    changed = list(rows)
+
+    async def session_changed() -> None:
+        await after_session_change(ctx, changed)
+
+    return session_changed
 
 
 async def after_session_change(ctx: Context, rows: Iterable[Any]) -> None:

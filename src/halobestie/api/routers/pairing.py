@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends
 from pydantic import Field
 
 from ...auth.tokens import Principal
-from ...pairing import actions as pairing_actions  # registers the offer_expiry timer handler
+from ...pairing import actions as pairing_actions
 from ...pairing.accept import do_accept_pairing_request
 from ...pairing.queries import get_customer_request, open_offers
 from ...sessions.transitions import public_session
