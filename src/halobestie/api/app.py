@@ -11,9 +11,9 @@ from starlette.types import Receive, Scope, Send
 from ..clock import Clock
 from ..config import Settings
 from ..console.feed import AdminFeed
-from ..events import ws
 from ..logs import configure_logging
 from ..runtime import Runtime
+from . import ws
 from .errors import install_error_handlers
 from .hotpath import HotPath
 from .limits import BodyLimitMiddleware

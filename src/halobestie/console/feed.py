@@ -70,7 +70,7 @@ class AdminFeed:
         self._stopping = False
 
     def watch(self, user_id: UUID) -> None:
-        """An admin socket opened on this instance (events/ws.py)."""
+        """An admin socket opened on this instance (api/ws.py)."""
         self.watchers[str(user_id)] += 1
         self._wake.set()  # a new watcher gets a push at the next tick
         if (self._task is None or self._task.done()) and not self._stopping:

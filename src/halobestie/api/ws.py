@@ -34,8 +34,8 @@ from ..auth.queries import require_live_session
 from ..auth.tokens import Principal, decode_access_token
 from ..context import Context
 from ..errors import InvalidToken, ServiceUnavailable
+from ..events.bus import bus
 from ..logs import get_logger
-from .bus import bus
 
 log = get_logger(__name__)
 
