@@ -53,7 +53,7 @@ async def _lock_eligible(ctx: Context, conn: Any, mitra_id: UUID) -> None:
     """Lock the mitra's row and check, under that lock, what the accept depends on: the
     mitra is active and has capacity left. Deactivation takes this row too, so it either
     committed before (refused here: 403) or waits for this accept to commit and then
-    closes the session it created (`availability.actions.do_set_mitra_active`). Being
+    closes the session it created (`sessions.deactivation.do_set_mitra_active`). Being
     online is not required: going offline means "offer me nothing new", and an offer
     already made stays the mitra's to take (an accept is also proof of life)."""
     is_active = await conn.fetchval(

@@ -1,6 +1,6 @@
-"""Writes of the pairing blast: open, cancel, expire. (Accept is in `accept.py`, which
-needs `sessions.actions`; this module must not, because the sessions' reroute calls
-`open_pairing_request` from here.)
+"""Writes of a pairing request while it searches: open, cancel, expire. The two writes
+that cross into chat sessions have modules of their own: `accept.py` (a request becomes
+a session) and `reroute.py` (a session becomes a new request).
 
 Every write runs in one transaction and returns its side effects (events) as callables
 run after the commit, never inside it.

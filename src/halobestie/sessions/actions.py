@@ -7,14 +7,11 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from ..aftercommit import AfterCommit, run_after_commit
 from ..auth.tokens import Principal
 from ..availability.load import record_session_change
 from ..clock import iso
 from ..context import Context
 from ..errors import InvalidState, PaymentReferenceReused
-from ..pairing.actions import open_pairing_request
-from ..pairing.queries import lock_customer_search
 from ..timers import TimerKind, cancel_timer, schedule_timer
 from .queries import is_party, not_found
 from .transitions import (
@@ -25,7 +22,6 @@ from .transitions import (
     after_session_change,
     lock_session,
     record_event,
-    session_changed,
     transition,
 )
 
@@ -114,7 +110,8 @@ async def close_locked(
     return row
 
 
-async def _lock_as_party(conn: Any, session_id: UUID, principal: Principal) -> Any:
+async def lock_as_party(conn: Any, session_id: UUID, principal: Principal) -> Any:
+    """`lock_for_change` for one of the session's parties; NotFound for anyone else."""
     row = await lock_for_change(conn, session_id)
     if not is_party(row, principal):
         raise not_found(session_id)  # never reveal someone else's session
@@ -179,7 +176,7 @@ async def do_extend_session(
     """The customer buys `minutes` more: `ends_at` moves (`duration_minutes` stays the
     booked length) and the expiry timer with it. Only an active session not run out."""
     async with ctx.db.transaction() as conn:
-        row = await _lock_as_party(conn, session_id, principal)
+        row = await lock_as_party(conn, session_id, principal)
         if row["status"] != "active":
             raise InvalidState(
                 f"chat session {session_id} is {row['status']}; only an active session"
@@ -212,7 +209,7 @@ async def do_end_session(
     """Either party ends it: active -> ended, pending_payment -> cancelled. A session
     already closed is returned as it is (idempotent: retries and both parties at once)."""
     async with ctx.db.transaction() as conn:
-        row = await _lock_as_party(conn, session_id, principal)
+        row = await lock_as_party(conn, session_id, principal)
         if row["status"] not in OPEN:
             return row
         role: ActorRole = "customer" if principal.role == "customer" else "mitra"
@@ -222,37 +219,3 @@ async def do_end_session(
         )  # fmt: skip
     await after_session_change(ctx, [row])
     return row
-
-
-async def do_reroute_session(
-    ctx: Context, *, session_id: UUID, principal: Principal, now: datetime
-) -> dict[str, Any]:
-    """The customer wants someone else: the session (pending_payment or active) becomes
-    `rerouted` and a new pairing request is blasted to other mitras, in one transaction.
-    When nobody else is available (NoMitraAvailable) nothing changes."""
-    async with ctx.db.transaction() as conn:
-        row = await _lock_as_party(conn, session_id, principal)
-        if row["status"] not in ("pending_payment", "active"):
-            raise InvalidState(
-                f"chat session {session_id} is {row['status']}; it cannot be rerouted"
-            )
-        await lock_customer_search(conn, row["customer_id"])  # before the mitra's row
-        row = await transition(
-            conn, row, "rerouted", actor_id=principal.user_id, actor_role="customer",
-            reason="rerouted by the customer", now=now,
-        )  # fmt: skip
-        for kind in SESSION_TIMERS:
-            await cancel_timer(conn, kind, session_id)
-        request, effects = await open_pairing_request(
-            ctx,
-            conn,
-            customer_id=row["customer_id"],
-            duration_minutes=row["duration_minutes"],
-            preferred_mitra_id=None,
-            exclude={row["mitra_id"]},
-            rerouted_from=session_id,
-            now=now,
-        )
-    changed: AfterCommit = session_changed(ctx, [row])
-    await run_after_commit(ctx, [changed, *effects])
-    return request

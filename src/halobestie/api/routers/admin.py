@@ -8,12 +8,12 @@ from uuid import UUID
 from fastapi import APIRouter
 
 from ...auth.actions import do_create_user
-from ...availability.actions import do_set_mitra_active
 from ...availability.drift import compute_drift
 from ...availability.queries import availability_counts
 from ...availability.seed import seed_mirror
 from ...availability.status import list_mitra_views, overlay_heartbeats
 from ...errors import MirrorUnavailable, ValkeyUnavailable
+from ...sessions.deactivation import do_set_mitra_active
 from ..bodies import MitraPatchBody, RegisterBody
 from ..deps import Admin, CtxDep, NowDep
 

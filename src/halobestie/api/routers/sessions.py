@@ -13,7 +13,8 @@ from fastapi import APIRouter, Depends
 from pydantic import Field
 
 from ...auth.tokens import Principal
-from ...sessions.actions import do_end_session, do_extend_session, do_reroute_session
+from ...pairing.reroute import do_reroute_session
+from ...sessions.actions import do_end_session, do_extend_session
 from ...sessions.queries import get_visible_session, list_session_events
 from ...sessions.transitions import public_session
 from ..bodies import Strict

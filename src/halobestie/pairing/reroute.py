@@ -1,0 +1,52 @@
+"""Reroute: the customer wants someone else. The chat session (pending_payment or active)
+becomes `rerouted` and a new pairing request is blasted to other mitras, in one
+transaction: a session turned back into a search, so it is the pairing's (which builds
+on `sessions`; sessions never call the pairing)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from ..aftercommit import run_after_commit
+from ..auth.tokens import Principal
+from ..context import Context
+from ..errors import InvalidState
+from ..sessions.actions import SESSION_TIMERS, lock_as_party
+from ..sessions.transitions import OPEN, session_changed, transition
+from ..timers import cancel_timer
+from .actions import open_pairing_request
+from .queries import lock_customer_search
+
+
+async def do_reroute_session(
+    ctx: Context, *, session_id: UUID, principal: Principal, now: datetime
+) -> dict[str, Any]:
+    """The new public pairing request. When nobody else is available
+    (NoMitraAvailable) nothing changes; InvalidState for a closed session."""
+    async with ctx.db.transaction() as conn:
+        row = await lock_as_party(conn, session_id, principal)
+        if row["status"] not in OPEN:
+            raise InvalidState(
+                f"chat session {session_id} is {row['status']}; it cannot be rerouted"
+            )
+        await lock_customer_search(conn, row["customer_id"])  # before the mitra's row
+        row = await transition(
+            conn, row, "rerouted", actor_id=principal.user_id, actor_role="customer",
+            reason="rerouted by the customer", now=now,
+        )  # fmt: skip
+        for kind in SESSION_TIMERS:
+            await cancel_timer(conn, kind, session_id)
+        request, effects = await open_pairing_request(
+            ctx,
+            conn,
+            customer_id=row["customer_id"],
+            duration_minutes=row["duration_minutes"],
+            preferred_mitra_id=None,
+            exclude={row["mitra_id"]},
+            rerouted_from=session_id,
+            now=now,
+        )
+    await run_after_commit(ctx, [session_changed(ctx, [row]), *effects])
+    return request
