@@ -32,8 +32,8 @@ import asyncpg
 
 from halobestie.migrate import run_migrations
 
-from . import dataset, inproc, pairing_scale, report_pairing
-from .infra import BENCH_JWT_SECRET, REPO, Proc, Procs, app_env, start_servers
+from . import dataset, inproc, pairing_costs, pairing_scale, report_pairing
+from .infra import BENCH_JWT_SECRET, REPO, CpuMeter, Proc, Procs, app_env, start_servers
 from .pgstats import StatementLog, logging_dsn
 
 BASE_PREFIX = "ab-base:"
@@ -130,6 +130,11 @@ async def _size(
         for name in APPS:
             src = base_src if name.startswith("base") else new_src
             running[name] = procs.engine(f"ab-{name}", _env(servers, name, src))
+        for name, proc in running.items():
+            if name.endswith("valkey"):
+                waited = await pairing_scale.wait_trusted(proc.base)
+                if waited > 1:
+                    log(f"  {name}: mirror trusted after {waited:.1f} s")
         return await pairing_scale.interleaved(
             {name: proc.base for name, proc in running.items()},
             customers,
@@ -138,6 +143,8 @@ async def _size(
             conn=conn,
             log=log,
             round_trips=False,
+            cpu=CpuMeter(servers),
+            pids={name: proc.pid for name, proc in running.items()},
         )
     finally:
         for proc in running.values():
@@ -163,7 +170,7 @@ async def _count(
         return procs.engine(f"ab-count-{name}", _env(servers, name, src, dsn))
 
     try:
-        counts = await pairing_scale.statements_per_open(
+        counts = await pairing_costs.statements_per_open(
             stmt_log, start, procs.stop, list(APPS), customers, counted
         )
     finally:
@@ -180,9 +187,9 @@ def markdown(out: dict[str, Any]) -> list[str]:
         f" {out['plan']['trials']} interleaved trials per app.",
         "",
         "| online | past sessions | app | open p50 ms | open p99 ms | opens/s (p50 ms),"
-        f" {out['plan']['customers']} customers | burst of {out['plan']['burst']}"
-        " | statements per open |",
-        "| ---: | ---: | --- | ---: | ---: | ---: | --- | ---: |",
+        f" {out['plan']['customers']} customers | CPU ms per open+cancel: app / Postgres /"
+        f" Valkey | burst of {out['plan']['burst']} | statements per open |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     labels = {
         "base_valkey": "before, Valkey path",
@@ -202,6 +209,7 @@ def markdown(out: dict[str, Any]) -> list[str]:
                 f" | {report_pairing.latency_p50(trials):,.1f}"
                 f" | {report_pairing.latency_p99(trials):,.1f}"
                 f" | {report_pairing.opens_per_s(trials):,.1f} ({loaded:,.0f})"
+                f" | {report_pairing.cpu_cell(trials)}"
                 f" | {_burst(trials)} | {per_open} |"
             )
     return lines

@@ -13,8 +13,8 @@ One trial against one app (`trial`) runs, in this order:
   send their open at the same instant: answers by status, time from the send to the last
   answer, and how many distinct mitras were offered over all of them.
 
-`count_opens` counts Postgres statements per open from Postgres' log (`pgstats.py`), the
-way the harness counts the heartbeat's. Every request opened here is cancelled (or
+`pairing_costs.py` counts Postgres statements per open and times the choice in-process.
+Every request opened here is cancelled (or
 matched and ended) before the trial ends; `tidy` is the safety net for one left over by a
 failed request, so that a customer never stays blocked by its own open search.
 """
@@ -33,9 +33,8 @@ from halobestie.auth.tokens import Principal, issue_access_token
 
 from . import http_scenarios
 from .dataset import TOKEN_TTL
-from .infra import Proc
+from .infra import CpuMeter
 from .loadgen import HttpClient, percentile
-from .pgstats import Counted, StatementLog
 
 OPEN = "/api/pairing/requests"
 BODY = {"duration_minutes": 30}
@@ -87,6 +86,25 @@ async def mitra_tokens(conn: Any, secret: str, now: datetime) -> MitraTokens:
         " WHERE m.is_online AND m.is_active ORDER BY m.id, s.created_at"
     )
     return MitraTokens({r["id"]: r["sid"] for r in rows}, secret, now)
+
+
+async def wait_trusted(base: str, patience: float = 300.0) -> float:
+    """Seconds until the app's mirror is trusted (`/readyz` says valkey ok). An app whose
+    startup seed failed (e.g. past its Valkey or Postgres timeouts at 100k online on a busy
+    machine) starts degraded and serves every read from Postgres until its watcher
+    reseeds; counting or timing it meanwhile would measure the fallback."""
+    started = time.perf_counter()
+    client = HttpClient(base)
+    try:
+        while True:
+            status, body = await client.request("GET", "/readyz")
+            if status == 200 and isinstance(body, dict) and body.get("valkey") == "ok":
+                return time.perf_counter() - started
+            if time.perf_counter() - started > patience:
+                raise RuntimeError(f"{base}: mirror not trusted after {patience:.0f} s: {body}")
+            await asyncio.sleep(0.5)
+    finally:
+        await client.close()
 
 
 async def tidy(conn: Any) -> int:
@@ -244,13 +262,20 @@ async def trial(
     plan: ScalePlan,
     *,
     round_trips: bool = True,
+    cpu: CpuMeter | None = None,
+    pid: int | None = None,
 ) -> dict[str, Any]:
-    """The four scenarios, one after the other, against the app at `base`."""
+    """The four scenarios, one after the other, against the app at `base`. With a CPU
+    meter: the CPU time of the app (`pid`), Postgres and Valkey per open + cancel cycle
+    of the throughput scenario."""
     tokens = customers.tokens
-    out: dict[str, Any] = {
-        "latency": await open_latency(base, tokens[0], plan.latency_seconds),
-        "throughput": await open_throughput(base, tokens[: plan.customers], plan.load_seconds),
-    }
+    out: dict[str, Any] = {"latency": await open_latency(base, tokens[0], plan.latency_seconds)}
+    before = cpu.snapshot(pid) if cpu else None
+    out["throughput"] = await open_throughput(base, tokens[: plan.customers], plan.load_seconds)
+    if cpu is not None and before is not None:
+        out["throughput"]["cpu_us_per_open_and_cancel"] = CpuMeter.per_request_us(
+            before, cpu.snapshot(pid), out["throughput"]["opens"]
+        )
     if round_trips:
         out["round_trips"] = await http_scenarios.pairing(
             base, customers.pairs[: plan.customers], mitras, plan.load_seconds
@@ -267,6 +292,8 @@ def describe(name: str, t: dict[str, Any]) -> str:
         " ms",
         f"{t['throughput']['opens_per_s']:.0f} opens/s",
     ]
+    if "cpu_us_per_open_and_cancel" in t["throughput"]:
+        parts.append(f"CPU us per open+cancel {t['throughput']['cpu_us_per_open_and_cancel']}")
     if "round_trips" in t:
         parts.append(f"{t['round_trips']['round_trips_per_s']:.0f} round trips/s")
     b = t["burst"]
@@ -282,46 +309,6 @@ def describe(name: str, t: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-async def count_opens(
-    during: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Counted]],
-    base: str,
-    customers: Customers,
-    count: int,
-) -> dict[str, Any]:
-    """Postgres statements for `count` opens by as many customers, one after the other
-    (the cancels come after the counted window)."""
-    pairs = customers.pairs[:count]
-    opened: list[tuple[str, str]] = []
-    statuses: dict[str, int] = {}
-    client = HttpClient(base)
-    try:
-
-        async def opens() -> None:
-            for _, token in pairs:
-                status, body = await client.request(
-                    "POST", OPEN, {"Authorization": f"Bearer {token}"}, BODY
-                )
-                statuses[str(status)] = statuses.get(str(status), 0) + 1
-                if status == 201:
-                    opened.append((token, body["pairing_request"]["id"]))
-
-        await client.request("GET", "/healthz")
-        counted = await during(opens)
-        for token, request_id in opened:
-            await client.request(
-                "DELETE", f"{OPEN}/{request_id}", {"Authorization": f"Bearer {token}"}
-            )
-    finally:
-        await client.close()
-    return {
-        "opens": len(pairs),
-        "statuses": statuses,
-        "statements": counted.count,
-        "per_open": counted.count / max(1, len(pairs)),
-        "kinds": counted.kinds(),
-    }
-
-
 async def interleaved(
     apps: dict[str, str],
     customers: Customers,
@@ -332,6 +319,8 @@ async def interleaved(
     log: Callable[[str], None],
     round_trips: bool = True,
     after: Callable[[str], Awaitable[None]] | None = None,
+    cpu: CpuMeter | None = None,
+    pids: dict[str, int] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """`plan.trials` trials of every app, the order rotating from trial to trial (A B, B A,
     ...), after a short warm-up of each (not recorded). `after(name)` runs after each of
@@ -345,31 +334,19 @@ async def interleaved(
     for number in range(plan.trials):
         order = names[number % len(names) :] + names[: number % len(names)]
         for name in order:
-            result = await trial(apps[name], customers, mitras, plan, round_trips=round_trips)
+            result = await trial(
+                apps[name],
+                customers,
+                mitras,
+                plan,
+                round_trips=round_trips,
+                cpu=cpu,
+                pid=(pids or {}).get(name),
+            )
             result["trial"] = number
             result["left_searching"] = await tidy(conn)
             out[name].append(result)
             log(f"  {describe(name, result)}")
             if after is not None:
                 await after(name)
-    return out
-
-
-async def statements_per_open(
-    stmt_log: StatementLog,
-    start: Callable[[str], Awaitable[Proc]],
-    stop: Callable[[Proc], None],
-    names: list[str],
-    customers: Customers,
-    count: int,
-) -> dict[str, Any]:
-    """For each name: `start(name)` gives an app process whose connections log every
-    statement (`pgstats.logging_dsn`); `count` opens through it are counted."""
-    out: dict[str, Any] = {}
-    for name in names:
-        proc = await start(name)
-        try:
-            out[name] = await count_opens(stmt_log.during, proc.base, customers, count)
-        finally:
-            stop(proc)
     return out

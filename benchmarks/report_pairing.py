@@ -139,6 +139,16 @@ def per_open_kinds(counted: dict[str, Any]) -> str:
     return "; ".join(regular) + (f"; other (one-off): {other}" if other else "")
 
 
+def cpu_cell(trials: list[dict[str, Any]]) -> str:
+    """App / Postgres / Valkey CPU ms per open + cancel (medians), or a dash."""
+    cpus = [t["throughput"].get("cpu_us_per_open_and_cancel") for t in trials]
+    if not all(cpus):
+        return "—"
+    return " / ".join(
+        f"{median([c[k] for c in cpus if c]) / 1000:.1f}" for k in ("app", "postgres", "valkey")
+    )
+
+
 def _burst_cell(trials: list[dict[str, Any]]) -> str:
     requests = trials[0]["burst"]["requests"]
     return (
@@ -164,11 +174,14 @@ def markdown(ps: dict[str, Any], *, title: str = "## Pairing at scale") -> list[
         " those opens in brackets). Round trips: open -> the first offered mitra accepts ->"
         f" the customer ends the session, {first['throughput']['concurrency']} customers."
         f" Burst: {first['burst']['requests']} distinct customers open at the same instant;"
-        " 201s (fewest of the trials), time to the last answer, distinct mitras offered.",
+        " 201s (fewest of the trials), time to the last answer, distinct mitras offered."
+        " The choice in-process: the engine's functions that pick the mitras to offer,"
+        " called directly (median; `pairing_costs.choose_inprocess`).",
         "",
-        "| online | past sessions | path | open p50 ms | open p99 ms | opens/s (p50 ms)"
+        "| online | past sessions | path | the choice in-process, ms | open p50 ms"
+        " | open p99 ms | opens/s (p50 ms) | CPU ms per open+cancel: app / Postgres / Valkey"
         " | round trips/s | burst |",
-        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for size in sizes:
         for path, label in PATHS:
@@ -176,10 +189,13 @@ def markdown(ps: dict[str, Any], *, title: str = "## Pairing at scale") -> list[
             loaded = median([t["throughput"]["open"]["p50_ms"] for t in trials])
             rt = round_trips_per_s(trials)
             history = ps[str(size)].get("chat_sessions")
+            choose = ps[str(size)].get("choose_inprocess", {}).get(path)
+            choice = "—" if choose is None else f"{choose['median_ms']:.2f}"
             lines.append(
                 f"| {size:,} | {'?' if history is None else f'{history:,}'} | {label}"
+                f" | {choice}"
                 f" | {latency_p50(trials):.1f} | {latency_p99(trials):.1f}"
-                f" | {opens_per_s(trials):,.0f} ({loaded:.0f}) |"
+                f" | {opens_per_s(trials):,.0f} ({loaded:.0f}) | {cpu_cell(trials)} |"
                 f" {'—' if rt != rt else f'{rt:,.0f}'} | {_burst_cell(trials)} |"
             )
     counted = [(s, ps[str(s)]["statements"]) for s in sizes if "statements" in ps[str(s)]]

@@ -52,7 +52,16 @@ from halobestie.availability.seed import seed_mirror
 from halobestie.availability.sweeps import run_auto_offline, run_heartbeat_writeback
 from halobestie.migrate import run_migrations
 
-from . import dataset, http_scenarios, inproc, loadgen, pairing_scale, profiling, report
+from . import (
+    dataset,
+    http_scenarios,
+    inproc,
+    loadgen,
+    pairing_costs,
+    pairing_scale,
+    profiling,
+    report,
+)
 from .infra import (
     BENCH_JWT_SECRET,
     REPO,
@@ -410,6 +419,12 @@ class Bench:
         plan = self.plan.pairing
         log(f"pairing at {size:,} online: {plan.trials} interleaved trials per path")
         mitras = await pairing_scale.mitra_tokens(conn, BENCH_JWT_SECRET, inproc.now())
+        await pairing_scale.wait_trusted(apps["valkey"].base)
+        choose = await pairing_costs.choose_inprocess(vk, 50 if self.plan.quick else 200)
+        log(
+            f"  the choice in-process (median): Valkey path {choose['valkey']['median_ms']:.2f}"
+            f" ms, Postgres-only path {choose['postgres']['median_ms']:.2f} ms"
+        )
 
         async def reseed(name: str) -> None:
             if name == "postgres":  # its round trips changed sessions the mirror never saw
@@ -423,9 +438,16 @@ class Bench:
             conn=conn,
             log=log,
             after=reseed,
+            cpu=self.cpu,
+            pids={name: proc.pid for name, proc in apps.items()},
         )
         stage = self.results["stages"][str(size)]
-        result: dict[str, Any] = {"online": size, "chat_sessions": stage["chat_sessions"], **trials}
+        result: dict[str, Any] = {
+            "online": size,
+            "chat_sessions": stage["chat_sessions"],
+            "choose_inprocess": choose,
+            **trials,
+        }
         if size in (self.plan.sizes[0], self.plan.sizes[-1]):
             result["statements"] = await self._count_opens(customers)
         if self.plan.profile and size == 10_000:
@@ -462,7 +484,7 @@ class Bench:
             return self.procs.engine(f"count-open-{mode}", env)
 
         try:
-            counts = await pairing_scale.statements_per_open(
+            counts = await pairing_costs.statements_per_open(
                 stmt_log,
                 start,
                 self.procs.stop,
@@ -473,7 +495,11 @@ class Bench:
         finally:
             await stmt_log.close()
         for mode, c in counts.items():
-            log(f"  {mode}: {c['statements']} statements for {c['opens']} opens {c['statuses']}")
+            log(
+                f"  {mode}: {c['statements']} statements for {c['opens']} opens {c['statuses']}"
+                + (" (started degraded)" if c["started_degraded"] else "")
+                + f", waited {c['waited_for_trusted_mirror_s']} s for a trusted mirror"
+            )
         return counts
 
     def _recording(self, name: str, pid: int, seconds: float) -> profiling.Recording | None:
