@@ -1,5 +1,6 @@
-"""Writes of the availability engine: Postgres commits first, then the mirror follows
-(best effort, logged and counted, never failing the request)."""
+"""Writes of the availability engine: Postgres commits first, then the mirror follows as
+an after-commit effect (aftercommit.py: best effort, logged and counted, never failing
+the request)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
+from ..aftercommit import run_after_commit
 from ..clock import iso
 from ..context import Context
 from ..errors import MirrorUnavailable, MitraDeactivated, NotFound, NotOnline
 from .scripts import scripts
-from .sync import sync_mitras
+from .sync import mirror_mitras
 
 
 async def _explain_refusal(ctx: Context, mitra_id: UUID) -> None:
@@ -46,7 +48,7 @@ async def do_go_online(ctx: Context, mitra_id: UUID, now: datetime) -> None:
             # Deactivated when the UPDATE ran, reactivated since: still that refusal
             # (not "go online first", which makes no sense on this endpoint).
             raise MitraDeactivated(f"mitra {mitra_id} is deactivated") from None
-    await sync_mitras(ctx, [mitra_id])
+    await run_after_commit(ctx, [mirror_mitras(ctx, [mitra_id])])
 
 
 async def do_go_offline(ctx: Context, mitra_id: UUID, now: datetime) -> None:
@@ -62,7 +64,7 @@ async def do_go_offline(ctx: Context, mitra_id: UUID, now: datetime) -> None:
         )
     if updated is None:
         raise NotFound(f"no mitra with id {mitra_id}")
-    await sync_mitras(ctx, [mitra_id])
+    await run_after_commit(ctx, [mirror_mitras(ctx, [mitra_id])])
 
 
 @dataclass(frozen=True)

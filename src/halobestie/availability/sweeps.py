@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
+from ..aftercommit import run_after_commit
 from ..clock import parse_iso
 from ..context import Context
 from ..errors import MirrorUnavailable, ServiceUnavailable
@@ -20,7 +21,7 @@ from ..logs import get_logger
 from ..valkey.mirror import Client
 from . import locks
 from .seed import SeedCounts, seed_mirror
-from .sync import sync_mitras
+from .sync import mirror_mitras
 
 log = get_logger(__name__)
 
@@ -90,7 +91,7 @@ async def run_auto_offline(ctx: Context, now: datetime) -> SweepResult:
         async with ctx.db.connection() as conn:
             rows = await conn.fetch(OFFLINE_SQL, stale, cutoff, now)
         offlined = [r["id"] for r in rows]
-        await sync_mitras(ctx, offlined)
+        await run_after_commit(ctx, [mirror_mitras(ctx, offlined)])
         if offlined:
             log.info("auto_offline", count=len(offlined))
         return len(offlined)

@@ -17,6 +17,7 @@ from uuid import UUID
 
 import asyncpg
 
+from ..aftercommit import AfterCommit
 from ..clock import iso
 from ..context import Context
 from ..logs import get_logger
@@ -50,6 +51,18 @@ async def sync_mitras(ctx: Context, mitra_ids: Sequence[UUID]) -> bool:
             return await ctx.mirror.write("sync_mitras", lambda _: _apply(ctx, rows))
         finally:
             await conn.execute(locks.UNLOCK_MITRAS, locks.NAMESPACE, locks.SEED, ids)
+
+
+def mirror_mitras(ctx: Context, mitra_ids: Sequence[UUID]) -> AfterCommit:
+    """`sync_mitras` as the effect of a committed write (aftercommit.py): a failure (the
+    mitras' lock waited past DATABASE_LOCK_TIMEOUT_SECONDS, Postgres gone) is logged and
+    counted there, and the reseed heals it."""
+    ids = list(mitra_ids)
+
+    async def mirror_mitras() -> None:
+        await sync_mitras(ctx, ids)
+
+    return mirror_mitras
 
 
 async def recompute_capacity(ctx: Context, mitra_id: UUID) -> bool:

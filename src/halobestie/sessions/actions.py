@@ -1,5 +1,6 @@
 """Writes of the chat-session lifecycle. Each runs its transition in one transaction and
-its side effects (capacity, events) after commit, via `after_session_change`."""
+its side effects (capacity, events) after commit, as the `session_changed` effect
+(aftercommit.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from ..aftercommit import run_after_commit
 from ..auth.tokens import Principal
 from ..availability.load import record_session_change
 from ..clock import iso
@@ -19,9 +21,9 @@ from .transitions import (
     SESSION_COLUMNS,
     ActorRole,
     Status,
-    after_session_change,
     lock_session,
     record_event,
+    session_changed,
     transition,
 )
 
@@ -166,7 +168,7 @@ async def do_pay_session(ctx: Context, *, session_id: UUID, reference: str, now:
             await schedule_timer(conn, "session_expiry", session_id, ends_at)
             changed = True
     if changed:
-        await after_session_change(ctx, [row])
+        await run_after_commit(ctx, [session_changed(ctx, [row])])
     return row
 
 
@@ -199,7 +201,7 @@ async def do_extend_session(
             f"extended by {minutes} minutes to {iso(ends_at)}", now,
         )  # fmt: skip
         await schedule_timer(conn, "session_expiry", session_id, ends_at)
-    await after_session_change(ctx, [row])
+    await run_after_commit(ctx, [session_changed(ctx, [row])])
     return row
 
 
@@ -217,5 +219,5 @@ async def do_end_session(
             conn, row, actor_id=principal.user_id, actor_role=role,
             reason=f"ended by the {principal.role}", now=now,
         )  # fmt: skip
-    await after_session_change(ctx, [row])
+    await run_after_commit(ctx, [session_changed(ctx, [row])])
     return row

@@ -9,12 +9,13 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from ..aftercommit import run_after_commit
 from ..availability.status import MitraView, get_mitra_view
-from ..availability.sync import sync_mitras
+from ..availability.sync import mirror_mitras
 from ..context import Context
 from ..errors import DatabaseBusy, NotFound
 from .actions import close_locked, lock_sessions_for_change, open_session_ids
-from .transitions import OPEN, after_session_change
+from .transitions import OPEN, session_changed
 
 # Deactivation closes the mitra's open chat sessions in the transaction that deactivates
 # it, so no order of an accept and a deactivation leaves an open session for a
@@ -99,8 +100,7 @@ async def do_set_mitra_active(
                 continue
         else:
             raise DatabaseBusy(f"mitra {mitra_id} kept gaining sessions; retry the deactivation")
-    if closed:
-        await after_session_change(ctx, closed)  # the mirror of this mitra included
-    else:
-        await sync_mitras(ctx, [mitra_id])
+    # The mirror of this mitra follows either way (in session_changed when it had sessions).
+    effect = session_changed(ctx, closed) if closed else mirror_mitras(ctx, [mitra_id])
+    await run_after_commit(ctx, [effect])
     return await get_mitra_view(ctx, mitra_id)
