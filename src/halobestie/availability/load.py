@@ -1,6 +1,6 @@
 """A mitra's load on its Postgres row: open sessions and last activity.
 
-`mitras.open_sessions` (chat sessions in `pending_payment` or `active`) and
+`mitras.open_sessions` (its open sessions, `concepts.py`) and
 `mitras.last_active_at` (the latest start or end of one of its chat sessions) feed the
 pairing blast's ranking (`ranked.py`) without grouping session history per request. They
 are written inside the transaction of every session change, so they are never behind the
@@ -13,15 +13,17 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from ..concepts import open_session
+
 # The count is a scan of `chat_sessions_open_by_mitra_idx` (this mitra's open sessions
 # only); the row lock it takes is the one `pairing/accept.py` takes for its capacity check.
-RECORD_SQL = """
+RECORD_SQL = f"""
 UPDATE mitras SET
     open_sessions = (SELECT count(*) FROM chat_sessions
-                     WHERE mitra_id = $1 AND status IN ('active', 'pending_payment')),
+                     WHERE mitra_id = $1 AND {open_session()}),
     last_active_at = GREATEST(last_active_at, $2)
 WHERE id = $1
-"""
+"""  # noqa: S608
 
 
 async def record_session_change(conn: Any, mitra_id: UUID, active_at: datetime | None) -> None:

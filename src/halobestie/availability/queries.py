@@ -13,7 +13,9 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from .. import concepts
 from ..clock import iso, parse_iso
+from ..concepts import open_session
 from ..context import Context
 from ..errors import DatabaseUnavailable, MirrorUnavailable, NotFound
 from ..valkey.keys import Keys
@@ -111,21 +113,21 @@ async def _read_loads(conn: Any, ids: list[str], keys: Keys, cutoff: str) -> dic
     return pool
 
 
-POOL_SQL = """
-SELECT m.id::text, count(cs.id) AS capacity
+POOL_SQL = f"""
+SELECT m.id::text, count(cs.id) AS open_sessions
 FROM mitras m
 LEFT JOIN chat_sessions cs
-       ON cs.mitra_id = m.id AND cs.status IN ('active', 'pending_payment')
-WHERE m.is_online AND m.is_active AND m.last_heartbeat_at > $1
+       ON cs.mitra_id = m.id AND {open_session("cs.status")}
+WHERE {concepts.reachable("m", "$1")}
 GROUP BY m.id
 ORDER BY m.id
-"""
+"""  # noqa: S608
 
 
 async def pool_from_postgres(ctx: Context, now: datetime) -> dict[str, int]:
     async with ctx.db.connection() as conn:
         rows = await conn.fetch(POOL_SQL, _cutoff(ctx, now))
-    return {r["id"]: int(r["capacity"]) for r in rows}
+    return {r["id"]: int(r["open_sessions"]) for r in rows}
 
 
 async def find_pool(ctx: Context, now: datetime, *, reader: str = "find_available") -> Pool:
@@ -159,12 +161,12 @@ async def _one_from_valkey(
     return bool(online), bool(deactivated), heartbeat, int(capacity or 0)
 
 
-ONE_SQL = """
+ONE_SQL = f"""
 SELECT m.is_online, m.is_active, m.last_heartbeat_at,
        (SELECT count(*) FROM chat_sessions cs
-         WHERE cs.mitra_id = m.id AND cs.status IN ('active', 'pending_payment')) AS capacity
+         WHERE cs.mitra_id = m.id AND {open_session("cs.status")}) AS open_sessions
 FROM mitras m WHERE m.id = $1
-"""
+"""  # noqa: S608
 
 
 async def mitra_reachability(ctx: Context, mitra_id: UUID, now: datetime) -> Reachability:
@@ -184,7 +186,7 @@ async def mitra_reachability(ctx: Context, mitra_id: UUID, now: datetime) -> Rea
             raise NotFound(f"no mitra with id {mitra_id}") from None
         fresh = row["last_heartbeat_at"] is not None and row["last_heartbeat_at"] > cutoff
         reachable = bool(row["is_online"] and row["is_active"] and fresh)
-        return Reachability(reachable, reachable and row["capacity"] < max_sessions)
+        return Reachability(reachable, reachable and row["open_sessions"] < max_sessions)
     if not online and not deactivated:
         # Offline (or unknown): Valkey cannot tell the two apart, Postgres can. While
         # Postgres is down, Valkey's "not reachable" still answers (SPEC: Postgres outage).

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from .. import concepts
 from ..clock import iso
 from ..context import Context
 from ..valkey.mirror import Client
@@ -109,14 +110,14 @@ async def pick_from_index(
 # The Postgres fallback: the same order from `mitras_offer_rank_idx` (open_sessions,
 # last_active_at NULLS FIRST) WHERE is_online AND is_active, walked with a LIMIT; fresh
 # is judged from last_heartbeat_at, which the heartbeat writes itself while Valkey is out.
-WINDOW_SQL = """
+WINDOW_SQL = f"""
 SELECT id::text, open_sessions, last_active_at
 FROM mitras
-WHERE is_online AND is_active AND open_sessions < $1 AND last_heartbeat_at > $2
+WHERE {concepts.available("mitras", "$2", "$1")}
   AND id <> ALL($3::uuid[])
 ORDER BY open_sessions, last_active_at NULLS FIRST
 LIMIT $4
-"""
+"""  # noqa: S608
 
 
 async def window_from_postgres(

@@ -8,6 +8,7 @@ from typing import Any
 from uuid import UUID
 
 from ..clock import iso, parse_iso
+from ..concepts import open_session
 from ..context import Context
 from ..errors import MirrorUnavailable, NotFound
 
@@ -34,13 +35,14 @@ class MitraView:
         }
 
 
-VIEW_SQL = """
+# `active_sessions`: the contract's name (SPEC §4) for the mitra's open sessions.
+VIEW_SQL = f"""
 SELECT m.id, u.email, u.display_name, m.is_online, m.is_active, m.last_heartbeat_at,
        (SELECT count(*) FROM chat_sessions cs
-         WHERE cs.mitra_id = m.id AND cs.status IN ('active', 'pending_payment'))
+         WHERE cs.mitra_id = m.id AND {open_session("cs.status")})
          AS active_sessions
 FROM mitras m JOIN users u ON u.id = m.id
-"""
+"""  # noqa: S608
 
 
 def _view(row: Any) -> MitraView:

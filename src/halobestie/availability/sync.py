@@ -19,6 +19,7 @@ import asyncpg
 
 from ..aftercommit import AfterCommit
 from ..clock import iso
+from ..concepts import open_session
 from ..context import Context
 from ..logs import get_logger
 from . import locks
@@ -27,13 +28,13 @@ from .scripts import scripts
 
 log = get_logger(__name__)
 
-STATE_SQL = """
+STATE_SQL = f"""
 SELECT m.id, m.is_online, m.is_active, m.last_heartbeat_at, m.last_active_at,
        (SELECT count(*) FROM chat_sessions cs
-         WHERE cs.mitra_id = m.id AND cs.status IN ('active', 'pending_payment')) AS capacity
+         WHERE cs.mitra_id = m.id AND {open_session("cs.status")}) AS open_sessions
 FROM mitras m
 WHERE m.id = ANY($1::uuid[])
-"""
+"""  # noqa: S608
 
 
 async def sync_mitras(ctx: Context, mitra_ids: Sequence[UUID]) -> bool:
@@ -94,7 +95,7 @@ async def _apply(ctx: Context, rows: Sequence[asyncpg.Record]) -> None:
                 "1" if row["is_online"] else "0",
                 "1" if row["is_active"] else "0",
                 iso(heartbeat) if heartbeat is not None else "",
-                str(row["capacity"]),
+                str(row["open_sessions"]),
                 max_sessions,
                 str(epoch_ms(row["last_active_at"])),
             ],

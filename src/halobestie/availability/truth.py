@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from ..clock import iso
+from ..concepts import open_session
 from ..context import Context
 from . import locks
 from .ranked import rank_score
@@ -37,10 +38,10 @@ TRUTH_SQL_MITRAS = """
 SELECT id::text, is_online, is_active, last_heartbeat_at, last_active_at FROM mitras
 WHERE is_online OR NOT is_active
 """
-TRUTH_SQL_CAPACITY = """
+TRUTH_SQL_CAPACITY = f"""
 SELECT mitra_id::text, count(*) FROM chat_sessions
-WHERE status IN ('active', 'pending_payment') GROUP BY mitra_id
-"""
+WHERE {open_session()} GROUP BY mitra_id
+"""  # noqa: S608
 
 
 async def read_truth(conn: Any, max_sessions: int) -> MirrorState:

@@ -17,6 +17,7 @@ from uuid import UUID
 from ..availability.beacon import get_beacon
 from ..availability.queries import find_pool
 from ..clock import iso, parse_iso
+from ..concepts import open_session
 from ..context import Context
 from ..db import UNREACHABLE
 from ..errors import DatabaseBusy, DatabaseUnavailable, MirrorUnavailable, ServiceUnavailable
@@ -87,12 +88,12 @@ async def mitra_counts(ctx: Context, now: datetime) -> MitraCounts:
     )
 
 
-OPEN_SESSIONS_SQL = """
+OPEN_SESSIONS_SQL = f"""
 SELECT count(*) FILTER (WHERE status = 'pending_payment') AS pending_payment,
        count(*) FILTER (WHERE status = 'active') AS active,
        (SELECT max(id) FROM chat_session_events) AS last_event_id
-FROM chat_sessions WHERE status IN ('pending_payment', 'active')
-"""
+FROM chat_sessions WHERE {open_session()}
+"""  # noqa: S608
 RECENT_SQL = """
 SELECT to_status, count(*) FILTER (WHERE at > $1) AS n, count(*) AS seen, min(at) AS oldest
 FROM (SELECT to_status, at FROM chat_session_events ORDER BY id DESC LIMIT $2) recent
@@ -202,12 +203,12 @@ CONDITIONS: dict[str, str] = {
     "deactivated": "AND NOT m.is_active",
 }
 DERIVED = frozenset({"available", "busy", "stale"})
-OPEN_SQL = """
+OPEN_SQL = f"""
 SELECT id, mitra_id, customer_id, status, created_at, ends_at
 FROM chat_sessions
-WHERE mitra_id = ANY($1::uuid[]) AND status IN ('pending_payment', 'active')
+WHERE mitra_id = ANY($1::uuid[]) AND {open_session()}
 ORDER BY created_at, id
-"""
+"""  # noqa: S608
 
 
 async def _heartbeats(ctx: Context, ids: list[str]) -> dict[str, str | None] | None:

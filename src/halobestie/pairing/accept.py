@@ -16,6 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from ..aftercommit import AfterCommit, run_after_commit
+from ..concepts import open_session
 from ..context import Context
 from ..errors import (
     AlreadyTaken,
@@ -26,14 +27,14 @@ from ..errors import (
     RequestClosed,
 )
 from ..sessions import actions as session_actions
-from ..sessions.transitions import OPEN, SESSION_COLUMNS, session_changed
+from ..sessions.transitions import SESSION_COLUMNS, session_changed
 from ..timers import cancel_timer
 from .actions import publish
 from .queries import lock_request, offered_mitras
 
-CAPACITY_SQL = """
-SELECT count(*) FROM chat_sessions WHERE mitra_id = $1 AND status = ANY($2::text[])
-"""
+OPEN_SESSIONS_SQL = f"""
+SELECT count(*) FROM chat_sessions WHERE mitra_id = $1 AND {open_session()}
+"""  # noqa: S608
 
 
 async def _previous_win(conn: Any, request: Any, mitra_id: UUID) -> Any | None:
@@ -63,7 +64,7 @@ async def _lock_eligible(ctx: Context, conn: Any, mitra_id: UUID) -> None:
         raise NotFound(f"no mitra with id {mitra_id}")
     if not is_active:
         raise MitraDeactivated(f"mitra {mitra_id} is deactivated")
-    open_sessions = await conn.fetchval(CAPACITY_SQL, mitra_id, list(OPEN))
+    open_sessions = await conn.fetchval(OPEN_SESSIONS_SQL, mitra_id)
     limit = ctx.settings.mitra_max_concurrent_sessions
     if open_sessions >= limit:
         raise AtCapacity(

@@ -11,10 +11,11 @@ from uuid import UUID
 
 from ..aftercommit import run_after_commit
 from ..auth.tokens import Principal
+from ..concepts import OPEN_SESSION_STATUSES
 from ..context import Context
 from ..errors import InvalidState
 from ..sessions.actions import SESSION_TIMERS, lock_as_party
-from ..sessions.transitions import OPEN, session_changed, transition
+from ..sessions.transitions import session_changed, transition
 from ..timers import cancel_timer
 from .actions import open_pairing_request
 from .queries import lock_customer_search
@@ -27,7 +28,7 @@ async def do_reroute_session(
     (NoMitraAvailable) nothing changes; InvalidState for a closed session."""
     async with ctx.db.transaction() as conn:
         row = await lock_as_party(conn, session_id, principal)
-        if row["status"] not in OPEN:
+        if row["status"] not in OPEN_SESSION_STATUSES:
             raise InvalidState(
                 f"chat session {session_id} is {row['status']}; it cannot be rerouted"
             )

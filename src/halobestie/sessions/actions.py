@@ -12,12 +12,12 @@ from ..aftercommit import run_after_commit
 from ..auth.tokens import Principal
 from ..availability.load import record_session_change
 from ..clock import iso
+from ..concepts import OPEN_SESSION_STATUSES, open_session
 from ..context import Context
 from ..errors import InvalidState, PaymentReferenceReused
 from ..timers import TimerKind, cancel_timer, schedule_timer
 from .queries import is_party, not_found
 from .transitions import (
-    OPEN,
     SESSION_COLUMNS,
     ActorRole,
     Status,
@@ -78,15 +78,15 @@ async def lock_for_change(conn: Any, session_id: UUID) -> Any:
     return await lock_session(conn, session_id)
 
 
-OPEN_OF_MITRA_SQL = """
-SELECT id FROM chat_sessions WHERE mitra_id = $1 AND status = ANY($2::text[]) ORDER BY id
-"""
+OPEN_OF_MITRA_SQL = f"""
+SELECT id FROM chat_sessions WHERE mitra_id = $1 AND {open_session()} ORDER BY id
+"""  # noqa: S608
 
 
 async def open_session_ids(conn: Any, mitra_id: UUID) -> list[UUID]:
     """Ids of the mitra's `pending_payment` and `active` sessions, in id order (unlocked:
     what the statement's snapshot saw)."""
-    return [r["id"] for r in await conn.fetch(OPEN_OF_MITRA_SQL, mitra_id, list(OPEN))]
+    return [r["id"] for r in await conn.fetch(OPEN_OF_MITRA_SQL, mitra_id)]
 
 
 async def lock_sessions_for_change(conn: Any, session_ids: list[UUID]) -> list[Any]:
@@ -212,7 +212,7 @@ async def do_end_session(
     already closed is returned as it is (idempotent: retries and both parties at once)."""
     async with ctx.db.transaction() as conn:
         row = await lock_as_party(conn, session_id, principal)
-        if row["status"] not in OPEN:
+        if row["status"] not in OPEN_SESSION_STATUSES:
             return row
         role: ActorRole = "customer" if principal.role == "customer" else "mitra"
         row = await close_locked(

@@ -12,10 +12,11 @@ from uuid import UUID
 from ..aftercommit import run_after_commit
 from ..availability.status import MitraView, get_mitra_view
 from ..availability.sync import mirror_mitras
+from ..concepts import OPEN_SESSION_STATUSES
 from ..context import Context
 from ..errors import DatabaseBusy, NotFound
 from .actions import close_locked, lock_sessions_for_change, open_session_ids
-from .transitions import OPEN, session_changed
+from .transitions import session_changed
 
 # Deactivation closes the mitra's open chat sessions in the transaction that deactivates
 # it, so no order of an accept and a deactivation leaves an open session for a
@@ -54,8 +55,8 @@ async def _deactivate(conn: Any, mitra_id: UUID, actor_id: UUID | None, now: dat
         raise _SessionsGrew
     closed = []
     for row in rows:
-        if row["status"] not in OPEN:  # closed by a party or a timer while we waited
-            continue
+        if row["status"] not in OPEN_SESSION_STATUSES:
+            continue  # closed by a party or a timer while we waited
         closed_row = await close_locked(
             conn, row, actor_id=actor_id, actor_role="admin", reason=DEACTIVATION_REASON,
             now=now,

@@ -22,13 +22,13 @@ from ..aftercommit import AfterCommit
 from ..availability.load import record_session_change
 from ..availability.sync import recompute_capacity
 from ..clock import iso
+from ..concepts import OPEN_SESSION_STATUSES, SessionStatus, open_session
 from ..context import Context
 from ..errors import InvalidState, NotFound
 from ..events.bus import bus
 
-Status = Literal["pending_payment", "active", "ended", "expired", "cancelled", "rerouted"]
+Status = SessionStatus
 ActorRole = Literal["customer", "mitra", "admin", "system", "payment"]
-OPEN: tuple[Status, ...] = ("pending_payment", "active")
 ALLOWED: dict[str, frozenset[str]] = {
     "pending_payment": frozenset({"active", "cancelled", "rerouted"}),
     "active": frozenset({"ended", "expired", "rerouted"}),
@@ -80,7 +80,7 @@ async def transition(
     updated = await conn.fetchrow(
         f"""
         UPDATE chat_sessions SET status = $2, updated_at = $3,
-               closed_at = CASE WHEN $2 IN ('pending_payment', 'active') THEN NULL
+               closed_at = CASE WHEN {open_session("$2")} THEN NULL
                                 ELSE $3::timestamptz END
         WHERE id = $1 RETURNING {SESSION_COLUMNS}
         """,  # noqa: S608
@@ -90,7 +90,7 @@ async def transition(
     )
     await record_event(conn, row["id"], current, to, actor_id, actor_role, reason, now)
     # Paying (pending_payment -> active) neither starts nor ends a session: no activity.
-    closed = to not in OPEN
+    closed = to not in OPEN_SESSION_STATUSES
     await record_session_change(conn, row["mitra_id"], now if closed else None)
     return updated
 

@@ -12,6 +12,7 @@ from ...availability.drift import compute_drift
 from ...availability.queries import availability_counts
 from ...availability.seed import seed_mirror
 from ...availability.status import list_mitra_views, overlay_heartbeats
+from ...concepts import open_session
 from ...errors import MirrorUnavailable, ValkeyUnavailable
 from ...sessions.deactivation import do_set_mitra_active
 from ..bodies import MitraPatchBody, RegisterBody
@@ -19,11 +20,11 @@ from ..deps import Admin, CtxDep, NowDep
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
 
-SESSION_COUNTS_SQL = """
+SESSION_COUNTS_SQL = f"""
 SELECT count(*) FILTER (WHERE status = 'pending_payment') AS pending_payment,
        count(*) FILTER (WHERE status = 'active') AS active
-FROM chat_sessions WHERE status IN ('pending_payment', 'active')
-"""
+FROM chat_sessions WHERE {open_session()}
+"""  # noqa: S608
 
 
 @router.post("/mitras", status_code=201)
