@@ -8,13 +8,19 @@ import asyncio
 import os
 import sys
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 from uuid import UUID
 
 import asyncpg
 
 from halobestie.runtime import timer_handlers
-from halobestie.timers import HANDLERS, restore_timers, run_due_timers, schedule_timer
+from halobestie.timers import (
+    HANDLERS,
+    TimerKind,
+    restore_timers,
+    run_due_timers,
+    schedule_timer,
+)
 from tests.conftest import TEST_JWT_SECRET, TEST_WEBHOOK_SECRET, Instance, Servers
 from tests.failures.helpers import metric_sum
 
@@ -93,7 +99,7 @@ async def test_a_runtime_started_without_the_api_fires_pairing_expiries(
 
 
 async def test_the_table_has_a_handler_for_every_kind() -> None:
-    assert sorted(timer_handlers()) == ["offer_expiry", "payment_timeout", "session_expiry"]
+    assert sorted(timer_handlers()) == sorted(get_args(TimerKind))
 
 
 async def _payment_timeout_due(pg: asyncpg.Connection, customer: UUID, due: datetime) -> UUID:
