@@ -1,4 +1,4 @@
-"""Auto-pipelining of the heartbeat's Lua call (availability/autopipe.py): calls issued
+"""Auto-pipelining of the heartbeat's Lua call (valkey/autopipe.py): calls issued
 in the same loop turn leave in one write, each caller gets its own reply, NOSCRIPT is
 retried, a cancelled caller is skipped, a dead Valkey fails the whole batch (and the
 heartbeat falls back to Postgres), and close() lets batches in flight finish.

@@ -54,7 +54,7 @@ async def seed_mirror(ctx: Context, reason: str, *, measure_drift: bool = False)
     drift: Drift | None = None
     # A seed follows every (re)start of Valkey, whose script cache starts empty: load the
     # scripts now, or the first batch of heartbeats would all come back NOSCRIPT and be
-    # retried one by one (autopipe.py).
+    # retried one by one (valkey/autopipe.py).
     await ctx.mirror.raw("seed_scripts", lambda c: _load_scripts(ctx, c))
     async with locked_truth(ctx) as truth:
         if measure_drift:

@@ -45,8 +45,8 @@ async def create_pending_session(
     now: datetime,
 ) -> Any:
     """Inside the accepting transaction: the new session in `pending_payment`, its
-    history row, and its payment timeout. The caller runs `after_session_change` after
-    its commit."""
+    history row, and its payment timeout. The caller runs the `session_changed` effect
+    after its commit (aftercommit.py)."""
     row = await conn.fetchrow(
         f"""
         INSERT INTO chat_sessions
@@ -102,7 +102,7 @@ async def close_locked(
 ) -> Any:  # fmt: skip
     """Close an open session locked with `lock_for_change`: active -> ended,
     pending_payment -> cancelled, its timers cancelled. The caller runs
-    `after_session_change` after its commit."""
+    the `session_changed` effect after its commit (aftercommit.py)."""
     to: Status = "ended" if row["status"] == "active" else "cancelled"
     row = await transition(
         conn, row, to, actor_id=actor_id, actor_role=actor_role, reason=reason, now=now

@@ -4,7 +4,7 @@ In the runtime's table of timer kinds (`runtime.timer_handlers`), built before s
 restores overdue timers. Each runs inside the
 firing transaction, which already holds the timer row; it locks the session and is a
 no-op when the session has moved on (paid, ended, rerouted, extended). Capacity and
-events follow after commit through `after_session_change`.
+events follow after commit, as the `session_changed` effect (aftercommit.py).
 
 Lock order, shared with `actions.lock_for_change`: the session's timer rows, then the
 session row. The runner takes timer rows with SKIP LOCKED and never waits for them, so a

@@ -2,7 +2,8 @@
 
 Every change is checked against the allowed graph, recorded in `chat_session_events`
 (from, to, by whom, why, when) in the same transaction, and followed after commit by
-`after_session_change`: the mitra's capacity recomputed from Postgres (never INCR/DECR)
+`after_session_change` (as the `session_changed` effect, aftercommit.py): the mitra's
+open sessions recomputed from Postgres into the mirror (never INCR/DECR)
 and `session.updated` pushed to both parties.
 
     pending_payment --paid--> active --end--> ended
