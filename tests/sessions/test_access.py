@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from halobestie.api.limits import MAX_BODY_BYTES
+from halobestie.clock import iso
 from tests.conftest import Instance
 from tests.sessions.helpers import (
     history,
@@ -47,6 +48,10 @@ async def test_the_parties_and_admins_see_the_session(inst: Instance) -> None:
                 "duration_minutes": 20,
                 "started_at": None,
                 "ends_at": None,
+                "last_message_seq": 0,
+                "customer_read_seq": 0,
+                "mitra_read_seq": 0,
+                "server_now": iso(inst.clock.now()),
             }
         }
         r = await inst.client.get(url(sid, "events"), headers=person.headers)

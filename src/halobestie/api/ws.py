@@ -9,7 +9,9 @@ status, but they can see a close code, so a client knows to refresh instead of r
 Once open, the server sends `{"type": "ready", "data": {...}}` (from then on no event for
 this user is missed: a client that reconnects refetches state over REST after it), then
 every event for the user. The client may send `{"type": "ping"}`; the answer is
-`{"type": "pong"}`. Anything else gets an `error` event; binary or oversized frames
+`{"type": "pong"}`. It may send `{"type": "typing", "data": {"session_id": ...}}`, relayed
+to the session's other party (chat/typing.py; nothing is answered, a malformed one gets an
+`error` event). Anything else gets an `error` event; binary or oversized frames
 close the socket (1003, 1009). The socket closes with 1008 `token_expired` when its
 access token expires: the client reconnects with a fresh one, so a revoked login keeps
 its stream at most one token lifetime.
@@ -32,6 +34,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ..auth.queries import require_live_session
 from ..auth.tokens import Principal, decode_access_token
+from ..chat.typing import relay_typing
 from ..context import Context
 from ..errors import InvalidToken, ServiceUnavailable
 from ..events.bus import bus
@@ -114,7 +117,7 @@ async def events_socket(websocket: WebSocket) -> None:
     if feed is not None:
         feed.watch(principal.user_id)
     tasks = [
-        asyncio.create_task(_read(websocket, outbox)),
+        asyncio.create_task(_read(websocket, outbox, ctx, principal)),
         asyncio.create_task(_write(websocket, outbox)),
         asyncio.create_task(_expire(expires - now.timestamp())),
     ]
@@ -136,7 +139,9 @@ async def events_socket(websocket: WebSocket) -> None:
             await websocket.close(close.code, close.reason)
 
 
-async def _read(websocket: WebSocket, outbox: Outbox) -> Close | None:
+async def _read(
+    websocket: WebSocket, outbox: Outbox, ctx: Context, principal: Principal
+) -> Close | None:
     """Client frames until it disconnects (None) or breaks the protocol (a Close)."""
     while True:
         message = await websocket.receive()
@@ -152,10 +157,16 @@ async def _read(websocket: WebSocket, outbox: Outbox) -> Close | None:
         except ValueError:
             parsed = None
         try:
-            if isinstance(parsed, dict) and parsed.get("type") == "ping":
+            frame: dict[str, Any] = parsed if isinstance(parsed, dict) else {}
+            kind = frame.get("type")
+            if kind == "ping":
                 outbox.put(event("pong"))
+            elif kind == "typing":
+                problem = await relay_typing(ctx, principal, frame.get("data"))
+                if problem is not None:
+                    outbox.put(event("error", {"error": "invalid_message", "detail": problem}))
             else:
-                detail = 'the only client message is {"type": "ping"}'
+                detail = 'client messages are {"type": "ping"} and {"type": "typing", ...}'
                 outbox.put(event("error", {"error": "invalid_message", "detail": detail}))
         except SlowConsumer:
             return Close(TRY_AGAIN_LATER, "too many unread events; reconnect")

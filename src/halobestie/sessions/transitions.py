@@ -37,11 +37,15 @@ ALLOWED: dict[str, frozenset[str]] = {
 
 SESSION_COLUMNS = (
     "id, customer_id, mitra_id, status, duration_minutes, started_at, ends_at,"
-    " created_at, closed_at, pairing_request_id"
+    " created_at, closed_at, pairing_request_id,"
+    " last_message_seq, customer_read_seq, mitra_read_seq"
 )
 
 
-def public_session(row: Any) -> dict[str, Any]:
+def public_session(row: Any, now: datetime) -> dict[str, Any]:
+    """The `{session: ...}` payload (SPEC §4, §5, §7) of a row holding SESSION_COLUMNS.
+    `server_now` is `now` (ISO-8601 UTC), for a countdown that does not trust the device
+    clock; the chat's counters are 0 before the first message or read."""
     return {
         "id": str(row["id"]),
         "customer_id": str(row["customer_id"]),
@@ -50,6 +54,10 @@ def public_session(row: Any) -> dict[str, Any]:
         "duration_minutes": row["duration_minutes"],
         "started_at": iso(row["started_at"]) if row["started_at"] else None,
         "ends_at": iso(row["ends_at"]) if row["ends_at"] else None,
+        "last_message_seq": row["last_message_seq"],
+        "customer_read_seq": row["customer_read_seq"],
+        "mitra_read_seq": row["mitra_read_seq"],
+        "server_now": iso(now),
     }
 
 
@@ -140,5 +148,5 @@ async def after_session_change(ctx: Context, rows: Iterable[Any]) -> None:
         await bus(ctx).publish(
             [row["customer_id"], row["mitra_id"]],
             "session.updated",
-            {"session": public_session(row)},
+            {"session": public_session(row, ctx.clock.now())},
         )

@@ -63,7 +63,7 @@ async def accept_request(
     session = await do_accept_pairing_request(
         ctx, mitra_id=principal.user_id, request_id=request_id, now=now
     )
-    return {"session": public_session(session)}
+    return {"session": public_session(session, now)}
 
 
 @router.get("/api/mitra/offers")

@@ -80,4 +80,4 @@ async def payment_webhook(
     verify_signature(ctx.settings.payment_webhook_secret, raw, x_signature)
     body = parse_body(raw)
     row = await do_pay_session(ctx, session_id=body.session_id, reference=body.reference, now=now)
-    return {"session": public_session(row)}
+    return {"session": public_session(row, now)}

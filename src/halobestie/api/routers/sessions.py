@@ -35,8 +35,11 @@ class NoFields(Strict):
 
 
 @router.get("/{session_id}")
-async def get_session(session_id: UUID, principal: AnyUser, ctx: CtxDep) -> dict[str, Any]:
-    return {"session": public_session(await get_visible_session(ctx, session_id, principal))}
+async def get_session(
+    session_id: UUID, principal: AnyUser, ctx: CtxDep, now: NowDep
+) -> dict[str, Any]:
+    row = await get_visible_session(ctx, session_id, principal)
+    return {"session": public_session(row, now)}
 
 
 @router.get("/{session_id}/events")
@@ -51,7 +54,7 @@ async def extend_session(
     row = await do_extend_session(
         ctx, session_id=session_id, principal=principal, minutes=body.minutes, now=now
     )
-    return {"session": public_session(row)}
+    return {"session": public_session(row, now)}
 
 
 @router.post("/{session_id}/end")
@@ -59,7 +62,7 @@ async def end_session(
     session_id: UUID, principal: Party, ctx: CtxDep, now: NowDep, body: NoFields | None = None
 ) -> dict[str, Any]:
     row = await do_end_session(ctx, session_id=session_id, principal=principal, now=now)
-    return {"session": public_session(row)}
+    return {"session": public_session(row, now)}
 
 
 @router.post("/{session_id}/reroute")

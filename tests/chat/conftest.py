@@ -1,0 +1,3 @@
+from tests.events.live import live_app_fixture
+
+__all__ = ["live_app_fixture"]
