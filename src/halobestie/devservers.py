@@ -243,6 +243,13 @@ class EmbeddedValkey:
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def pid(self) -> int:
+        """The running server's pid (chaos tests freeze it with SIGSTOP)."""
+        if self._proc is None:
+            raise RuntimeError("EmbeddedValkey is not running")
+        return self._proc.pid
+
     def start(self, timeout: float = 10.0) -> str:
         """Launch valkey-server, wait until it answers PING, return its URL. The first start
         picks a free port unless given one; later starts reuse it so old URLs stay valid."""
