@@ -48,6 +48,7 @@ DATABASE_BOUNDS = [
 ALL_VARIABLES = [
     "DATABASE_URL", "VALKEY_URL", "VALKEY_KEY_PREFIX", "JWT_SECRET", "PAYMENT_WEBHOOK_SECRET",
     "HALOBESTIE_ENV", "SWEEPS_ENABLED", "LOG_LEVEL", *DURATIONS, *COUNTS, *DATABASE_BOUNDS,
+    "SESSION_WARNING_SECONDS",
 ]  # fmt: skip
 VALID = {
     "DATABASE_URL": "postgresql://app:pw@db.internal:5432/halobestie",
@@ -133,6 +134,35 @@ def test_a_bad_refresh_reuse_leeway_is_refused(env: pytest.MonkeyPatch, value: s
 def test_a_zero_refresh_reuse_leeway_turns_the_window_off(env: pytest.MonkeyPatch) -> None:
     env.setenv("REFRESH_REUSE_LEEWAY_SECONDS", "0")
     assert load_settings().refresh_reuse_leeway_seconds == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "offsets"),
+    [
+        (None, (300, 60)),  # the default
+        ("300,60", (300, 60)),
+        ("60, 300 ,60", (300, 60)),  # largest first, once each
+        ("30", (30,)),
+        ("86400", (86400,)),
+        ("", ()),  # no warnings
+    ],
+)
+def test_session_warning_seconds_is_a_comma_separated_list(
+    env: pytest.MonkeyPatch, value: str | None, offsets: tuple[int, ...]
+) -> None:
+    if value is not None:
+        env.setenv("SESSION_WARNING_SECONDS", value)
+    assert load_settings().session_warning_seconds == offsets
+
+
+@pytest.mark.parametrize(
+    "value", ["0", "-60", "1.5", "five", "300,", "300;60", "[300, 60]", "86401", "²"]
+)
+def test_bad_session_warning_seconds_are_refused_naming_the_variable(
+    env: pytest.MonkeyPatch, value: str
+) -> None:
+    env.setenv("SESSION_WARNING_SECONDS", value)
+    refused("SESSION_WARNING_SECONDS")
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,8 @@ from typing import Annotated
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
+    BeforeValidator,
     Field,
     NonNegativeInt,
     PositiveFloat,
@@ -19,7 +21,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Secrets that are fine on a laptop and fatal anywhere else.
 DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789abcdef"  # noqa: S105
@@ -27,6 +29,38 @@ DEV_WEBHOOK_SECRET = "dev-only-webhook-secret-change-me"  # noqa: S105
 
 # Finite: "inf" would pass as positive, then overflow a socket timeout at runtime.
 Seconds = Annotated[PositiveFloat, Field(allow_inf_nan=False)]
+# The longest SESSION_WARNING_SECONDS offset: a day (a bigger one is a unit mistake).
+MAX_WARNING_SECONDS = 86_400
+
+
+def parse_warning_seconds(value: object) -> object:
+    """SESSION_WARNING_SECONDS as text: "300,60" -> [300, 60]; "" -> [] (no warnings).
+    Each a whole number of seconds, 1 to MAX_WARNING_SECONDS."""
+    if not isinstance(value, str):
+        return value  # a tuple or list from code: checked by the field's type
+    items = [item.strip() for item in value.split(",")] if value.strip() else []
+    if not all(item.isascii() and item.isdigit() for item in items) or not all(
+        1 <= int(item) <= MAX_WARNING_SECONDS for item in items
+    ):
+        raise ValueError(
+            "must be a comma-separated list of whole seconds, each 1 to"
+            f" {MAX_WARNING_SECONDS} (e.g. 300,60), or empty for none; got {value!r}"
+        )
+    return [int(item) for item in items]
+
+
+def largest_first(offsets: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(sorted(set(offsets), reverse=True))
+
+
+# NoDecode: the environment's "300,60" reaches the parser as text, not as JSON. Kept
+# largest first, without duplicates (sessions/warnings.py relies on it).
+WarningSeconds = Annotated[
+    tuple[Annotated[int, Field(ge=1, le=MAX_WARNING_SECONDS)], ...],
+    NoDecode,
+    BeforeValidator(parse_warning_seconds),
+    AfterValidator(largest_first),
+]
 
 
 class DatabaseSettings(BaseSettings):
@@ -82,6 +116,10 @@ class Settings(DatabaseSettings):
     pairing_fanout: PositiveInt = Field(default=5, alias="PAIRING_FANOUT")
     pairing_offer_ttl_seconds: PositiveInt = Field(default=30, alias="PAIRING_OFFER_TTL_SECONDS")
     payment_timeout_seconds: PositiveInt = Field(default=600, alias="PAYMENT_TIMEOUT_SECONDS")
+    # session.ending_soon goes out this many seconds before a session's ends_at (SPEC §7).
+    session_warning_seconds: WarningSeconds = Field(
+        default=(300, 60), alias="SESSION_WARNING_SECONDS"
+    )
 
     mitra_auto_offline_sweep_seconds: Seconds = Field(
         default=30, alias="MITRA_AUTO_OFFLINE_SWEEP_SECONDS"

@@ -18,6 +18,7 @@ from .logs import get_logger
 from .metrics import Metrics
 from .pairing.actions import expire_offer
 from .sessions.lifecycle import on_payment_timeout, on_session_expiry
+from .sessions.warnings import on_session_warning
 from .stalls import StallReaper
 from .timers import HANDLERS, Handler, TimerKind, TimerRunner, restore_timers
 from .valkey.keys import Keys
@@ -34,6 +35,7 @@ def timer_handlers() -> dict[TimerKind, Handler]:
         "offer_expiry": expire_offer,
         "payment_timeout": on_payment_timeout,
         "session_expiry": on_session_expiry,
+        "session_warning": on_session_warning,
     }
 
 

@@ -1,5 +1,5 @@
-"""Durable timers: offer expiry, payment timeout, session expiry (the engine; what each
-kind does lives with its feature).
+"""Durable timers: offer expiry, payment timeout, session expiry, session warnings (the
+engine; what each kind does lives with its feature).
 
 Each timer is a row in `timers` (kind, ref_id, due_at). Whoever schedules it does so in
 the same transaction as the state it guards, so a timer exists exactly when its state
@@ -43,7 +43,7 @@ from .logs import get_logger
 
 log = get_logger(__name__)
 
-TimerKind = Literal["offer_expiry", "payment_timeout", "session_expiry"]
+TimerKind = Literal["offer_expiry", "payment_timeout", "session_expiry", "session_warning"]
 CHANNEL = "halobestie_timers"
 IDLE_CHECK_SECONDS = 5.0
 # A due timer this instance could not take is being fired by another instance (its row

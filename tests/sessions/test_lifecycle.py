@@ -54,7 +54,10 @@ async def test_full_lifecycle_through_the_api(
     assert session["status"] == "active"
     assert session["started_at"] == iso(paid_at)
     assert session["ends_at"] == iso(paid_at + minutes(30))
-    assert await timers(pg, sid) == {"session_expiry": paid_at + minutes(30)}
+    assert await timers(pg, sid) == {
+        "session_expiry": paid_at + minutes(30),
+        "session_warning": paid_at + minutes(30 - 5),  # SESSION_WARNING_SECONDS: 300, 60
+    }
     assert await assert_capacity_mirrored(pg, valkey, m) == 1
 
     clock.advance(60)
@@ -63,7 +66,10 @@ async def test_full_lifecycle_through_the_api(
     ends_at = paid_at + minutes(45)
     assert r.json()["session"]["ends_at"] == iso(ends_at)
     assert r.json()["session"]["duration_minutes"] == 30  # the booked length
-    assert await timers(pg, sid) == {"session_expiry": paid_at + minutes(45)}
+    assert await timers(pg, sid) == {
+        "session_expiry": paid_at + minutes(45),
+        "session_warning": paid_at + minutes(45 - 5),
+    }
     assert await assert_capacity_mirrored(pg, valkey, m) == 1
 
     clock.advance(60)
@@ -126,7 +132,8 @@ async def test_an_active_session_expires_at_ends_at_and_not_before(
     await pay(inst, sid)
     ends_at = inst.clock.now() + minutes(10)
 
-    assert await run_due_timers(inst.ctx, ends_at - minutes(1 / 60)) == 0
+    # Only the session's warning (session.ending_soon, tests/sessions/test_warnings.py).
+    assert await run_due_timers(inst.ctx, ends_at - minutes(1 / 60)) == 1
     assert await session_status(pg, sid) == "active"
     assert await assert_capacity_mirrored(pg, valkey, cast.mitra) == 1
 
@@ -154,7 +161,8 @@ async def test_extend_moves_the_expiry_so_it_fires_at_the_new_time_only(
     assert r.json()["session"]["ends_at"] == iso(new_end)
 
     assert await run_due_timers(inst.ctx, old_end) == 0
-    assert await run_due_timers(inst.ctx, new_end - minutes(1 / 60)) == 0
+    # Only the session's warning (session.ending_soon), moved with ends_at.
+    assert await run_due_timers(inst.ctx, new_end - minutes(1 / 60)) == 1
     assert await session_status(pg, sid) == "active"
     assert await run_due_timers(inst.ctx, new_end) == 1
     assert await session_status(pg, sid) == "expired"
@@ -180,8 +188,12 @@ async def test_an_expiry_timer_due_before_ends_at_rearms_instead_of_expiring(
     )
     await run_due_timers(inst.ctx, early)
     assert await session_status(pg, sid) == "active"
-    assert await timers(pg, sid) == {"session_expiry": ends_at}
-    assert await run_due_timers(inst.ctx, ends_at) == 1
+    assert await timers(pg, sid) == {
+        "session_expiry": ends_at,
+        "session_warning": ends_at - minutes(5),
+    }
+    # The warning (silent: too late to warn), then the expiry.
+    assert await run_due_timers(inst.ctx, ends_at) == 2
     assert await session_status(pg, sid) == "expired"
 
 

@@ -70,7 +70,10 @@ async def test_a_signed_payment_activates_the_session(
     assert (await history(pg, sid))[-1] == (
         "pending_payment", "active", None, "payment", "paid, reference psp_0001",
     )  # fmt: skip
-    assert await timers(pg, sid) == {"session_expiry": now + minutes(45)}
+    assert await timers(pg, sid) == {
+        "session_expiry": now + minutes(45),
+        "session_warning": now + minutes(45 - 5),  # SESSION_WARNING_SECONDS: 300, 60
+    }
     assert await assert_capacity_mirrored(pg, valkey, cast.mitra) == 1
 
 

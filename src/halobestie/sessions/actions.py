@@ -26,8 +26,9 @@ from .transitions import (
     session_changed,
     transition,
 )
+from .warnings import arm_warnings
 
-SESSION_TIMERS: tuple[TimerKind, ...] = ("payment_timeout", "session_expiry")
+SESSION_TIMERS: tuple[TimerKind, ...] = ("payment_timeout", "session_expiry", "session_warning")
 LOCK_TIMERS_SQL = """
 SELECT id FROM timers WHERE ref_id = $1 AND kind = ANY($2::text[]) ORDER BY id FOR UPDATE
 """
@@ -166,6 +167,7 @@ async def do_pay_session(ctx: Context, *, session_id: UUID, reference: str, now:
             )
             await cancel_timer(conn, "payment_timeout", session_id)
             await schedule_timer(conn, "session_expiry", session_id, ends_at)
+            await arm_warnings(ctx, conn, session_id, ends_at, now)
             changed = True
     if changed:
         await run_after_commit(ctx, [session_changed(ctx, [row])])
@@ -176,7 +178,7 @@ async def do_extend_session(
     ctx: Context, *, session_id: UUID, principal: Principal, minutes: int, now: datetime
 ) -> Any:
     """The customer buys `minutes` more: `ends_at` moves (`duration_minutes` stays the
-    booked length) and the expiry timer with it. Only an active session not run out."""
+    booked length) and the expiry and warning timers with it. Only an active session not run out."""
     async with ctx.db.transaction() as conn:
         row = await lock_as_party(conn, session_id, principal)
         if row["status"] != "active":
@@ -201,6 +203,7 @@ async def do_extend_session(
             f"extended by {minutes} minutes to {iso(ends_at)}", now,
         )  # fmt: skip
         await schedule_timer(conn, "session_expiry", session_id, ends_at)
+        await arm_warnings(ctx, conn, session_id, ends_at, now)  # SPEC §7: they move too
     await run_after_commit(ctx, [session_changed(ctx, [row])])
     return row
 
