@@ -10,6 +10,7 @@ from uuid import UUID
 import asyncpg
 
 from halobestie.availability.ranked import BAND, epoch_ms
+from halobestie.availability.scripts import scripts
 from halobestie.availability.sweeps import run_auto_offline
 from halobestie.timers import run_due_timers
 from tests.availability import NO_DIFFERENCES
@@ -205,3 +206,18 @@ async def test_a_reseed_after_valkey_lost_everything_rebuilds_the_index(
     # The turns taken by the offer lived only in Valkey: rebuilt from Postgres' truth.
     assert await _ranked(valkey) == {m: (0, 0) for m in before}
     assert (await _drift(inst))["differences"] == NO_DIFFERENCES
+
+
+async def test_the_seeds_temporary_index_expires_and_the_live_one_does_not(
+    inst: Instance, valkey: Any
+) -> None:
+    await online_mitra(inst)
+    admin = await make_user(inst.ctx, "admin")
+    r = await inst.client.post("/api/admin/availability/reseed", headers=admin.headers)
+    assert r.status_code == 200, r.text
+    assert await valkey.ttl(RANKED) == -1  # persistent
+    # What a seed killed between building and swapping would leave: a key that expires.
+    await scripts(inst.ctx).merge_ranked(
+        keys=[RANKED, "mitras:seed-tmp:ranked:orphan"], args=["x", "1"]
+    )
+    assert 0 < await valkey.ttl("mitras:seed-tmp:ranked:orphan") <= 600

@@ -106,6 +106,7 @@ async def _write(ctx: Context, client: Client, truth: MirrorState) -> SeedCounts
         )
         if pairs:
             pipe.rename(ranked_tmp, keys.ranked)
+            pipe.persist(keys.ranked)  # RENAME keeps the temporary key's expiry
         else:
             pipe.delete(keys.ranked)
         if truth.capacities:
