@@ -7,8 +7,10 @@ source trees, side by side in one run, trials interleaved, on one set of servers
 
 Four app processes per size, each served as `halobestie serve` serves it (sweeps and
 timers off): the base tree's and this tree's, each with the Valkey path and with
-VALKEY_MIRROR_ENABLED=false. The base tree's apps use VALKEY_KEY_PREFIX=ab-base: so that
-each tree seeds and reads its own mirror. Data as in the run (`dataset.grow_to`: 20 closed
+VALKEY_MIRROR_ENABLED=false. The base tree's apps have a Valkey server of their own (a
+second embedded one): each tree seeds and reads its own mirror, and the before tree's
+whole-pool reads (100k entries per open at 100k online) do not load the Valkey that the
+after tree's apps are measured on. Data as in the run (`dataset.grow_to`: 20 closed
 sessions per mitra, load columns as the app keeps them; the schema is this tree's, which
 the base tree's code reads without knowing the new columns). Per trial and app: open
 latency, opens/s with 32 customers, a burst of 50 (`pairing_scale.trial` without the round
@@ -30,13 +32,22 @@ from typing import Any
 
 import asyncpg
 
+from halobestie.devservers import EmbeddedValkey
 from halobestie.migrate import run_migrations
 
 from . import dataset, inproc, pairing_costs, pairing_scale, report_pairing
-from .infra import BENCH_JWT_SECRET, REPO, CpuMeter, Proc, Procs, app_env, start_servers
+from .infra import (
+    BENCH_JWT_SECRET,
+    REPO,
+    CpuMeter,
+    Proc,
+    Procs,
+    Servers,
+    app_env,
+    start_servers,
+)
 from .pgstats import StatementLog, logging_dsn
 
-BASE_PREFIX = "ab-base:"
 APPS = ("base_valkey", "new_valkey", "base_postgres", "new_postgres")
 BEFORE = 10.0  # new Valkey path opens/s >= BEFORE x base Postgres-only path, at 10k
 
@@ -57,7 +68,12 @@ async def main(
     }
     with tempfile.TemporaryDirectory(prefix="halobestie-ab-pairing-") as tmp:
         servers = start_servers(Path(tmp))
+        base_valkey = EmbeddedValkey(Path(tmp) / "valkey-base")
+        base_servers = Servers(
+            servers.database_url, base_valkey.start(), servers.postgres, base_valkey
+        )
         procs = Procs(Path(tmp))
+        trees = {"base": (base_servers, base_src), "new": (servers, new_src)}
         try:
             url = servers.database_url
             await asyncio.to_thread(run_migrations, url)
@@ -85,24 +101,27 @@ async def main(
                         )[1:]
                     )
                     mitras = await pairing_scale.mitra_tokens(conn, BENCH_JWT_SECRET, inproc.now())
-                    result = await _size(
-                        servers, procs, conn, base_src, new_src, customers, mitras, plan
-                    )
+                    result = await _size(trees, procs, conn, customers, mitras, plan)
                     result["chat_sessions"] = sessions
                     if counted and size in (sizes[0], sizes[-1]):
                         result["statements"] = await _count(
-                            servers, procs, base_src, new_src, customers, counted
+                            servers, trees, procs, customers, counted
                         )
                     out["sizes"][str(size)] = result
             finally:
                 await conn.close()
         finally:
             procs.stop_all()
+            base_valkey.stop()
             servers.stop()
     return out
 
 
-def _env(servers: Any, name: str, src: Path, database_url: str | None = None) -> dict[str, str]:
+Trees = dict[str, tuple[Servers, Path]]
+
+
+def _env(trees: Trees, name: str, database_url: str | None = None) -> dict[str, str]:
+    servers, src = trees[name.split("_")[0]]
     env = app_env(
         servers,
         mirror=name.endswith("valkey"),
@@ -110,17 +129,13 @@ def _env(servers: Any, name: str, src: Path, database_url: str | None = None) ->
         database_url=database_url,
     )
     env["PYTHONPATH"] = str(src)
-    if name.startswith("base"):
-        env["VALKEY_KEY_PREFIX"] = BASE_PREFIX
     return env
 
 
 async def _size(
-    servers: Any,
+    trees: Trees,
     procs: Procs,
     conn: Any,
-    base_src: Path,
-    new_src: Path,
     customers: pairing_scale.Customers,
     mitras: pairing_scale.MitraTokens,
     plan: pairing_scale.ScalePlan,
@@ -128,8 +143,7 @@ async def _size(
     running: dict[str, Proc] = {}
     try:
         for name in APPS:
-            src = base_src if name.startswith("base") else new_src
-            running[name] = procs.engine(f"ab-{name}", _env(servers, name, src))
+            running[name] = procs.engine(f"ab-{name}", _env(trees, name))
         for name, proc in running.items():
             if name.endswith("valkey"):
                 waited = await pairing_scale.wait_trusted(proc.base)
@@ -143,7 +157,7 @@ async def _size(
             conn=conn,
             log=log,
             round_trips=False,
-            cpu=CpuMeter(servers),
+            cpus={name: CpuMeter(trees[name.split("_")[0]][0]) for name in running},
             pids={name: proc.pid for name, proc in running.items()},
         )
     finally:
@@ -152,10 +166,9 @@ async def _size(
 
 
 async def _count(
-    servers: Any,
+    servers: Servers,
+    trees: Trees,
     procs: Procs,
-    base_src: Path,
-    new_src: Path,
     customers: pairing_scale.Customers,
     counted: int,
 ) -> dict[str, Any]:
@@ -165,9 +178,8 @@ async def _count(
     await stmt_log.open()
 
     async def start(name: str) -> Proc:
-        src = base_src if name.startswith("base") else new_src
         dsn = logging_dsn(servers.database_url, f"bench-ab-count-{name}")
-        return procs.engine(f"ab-count-{name}", _env(servers, name, src, dsn))
+        return procs.engine(f"ab-count-{name}", _env(trees, name, dsn))
 
     try:
         counts = await pairing_costs.statements_per_open(
@@ -212,6 +224,13 @@ def markdown(out: dict[str, Any]) -> list[str]:
                 f" | {report_pairing.cpu_cell(trials)}"
                 f" | {_burst(trials)} | {per_open} |"
             )
+    fell = report_pairing.fallbacks(out["sizes"])
+    if fell:
+        lines += [
+            "",
+            "**Reads served from Postgres because Valkey could not be used** (per"
+            " trial): " + "; ".join(fell),
+        ]
     return lines
 
 

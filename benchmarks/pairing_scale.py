@@ -22,6 +22,7 @@ failed request, so that a customer never stays blocked by its own open search.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -105,6 +106,21 @@ async def wait_trusted(base: str, patience: float = 300.0) -> float:
             await asyncio.sleep(0.5)
     finally:
         await client.close()
+
+
+FALLBACKS = re.compile(r'^halobestie_fallback_reads_total\{reader="([^"]+)"\} ([0-9.e+]+)$', re.M)
+
+
+async def fallback_reads(base: str) -> int:
+    """The app's reads served from Postgres because Valkey could not be used, so far."""
+    client = HttpClient(base)
+    try:
+        status, raw = await client.send(HttpClient.build("GET", "/metrics"))
+    finally:
+        await client.close()
+    if status != 200:
+        return 0
+    return int(sum(float(n) for _, n in FALLBACKS.findall(raw.decode(errors="replace"))))
 
 
 async def tidy(conn: Any) -> int:
@@ -292,6 +308,8 @@ def describe(name: str, t: dict[str, Any]) -> str:
         " ms",
         f"{t['throughput']['opens_per_s']:.0f} opens/s",
     ]
+    if t.get("fallback_reads"):
+        parts.append(f"FELL BACK TO POSTGRES {t['fallback_reads']} times")
     if "cpu_us_per_open_and_cancel" in t["throughput"]:
         parts.append(f"CPU us per open+cancel {t['throughput']['cpu_us_per_open_and_cancel']}")
     if "round_trips" in t:
@@ -319,13 +337,15 @@ async def interleaved(
     log: Callable[[str], None],
     round_trips: bool = True,
     after: Callable[[str], Awaitable[None]] | None = None,
-    cpu: CpuMeter | None = None,
+    cpus: dict[str, CpuMeter] | None = None,
     pids: dict[str, int] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """`plan.trials` trials of every app, the order rotating from trial to trial (A B, B A,
     ...), after a short warm-up of each (not recorded). `after(name)` runs after each of
     that app's trials (the run reseeds the mirror after the Postgres-only app's round
-    trips, which the mirror did not see)."""
+    trips, which the mirror did not see). `cpus[name]` meters that app's servers. Each
+    trial records how many of the app's reads fell back to Postgres (its metrics): a
+    Valkey path that fell back measured the fallback."""
     names = list(apps)
     for name in names:
         await open_latency(apps[name], customers.tokens[0], 0.5)
@@ -334,15 +354,17 @@ async def interleaved(
     for number in range(plan.trials):
         order = names[number % len(names) :] + names[: number % len(names)]
         for name in order:
+            fallbacks = await fallback_reads(apps[name])
             result = await trial(
                 apps[name],
                 customers,
                 mitras,
                 plan,
                 round_trips=round_trips,
-                cpu=cpu,
+                cpu=(cpus or {}).get(name),
                 pid=(pids or {}).get(name),
             )
+            result["fallback_reads"] = await fallback_reads(apps[name]) - fallbacks
             result["trial"] = number
             result["left_searching"] = await tidy(conn)
             out[name].append(result)

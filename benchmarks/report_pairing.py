@@ -149,6 +149,17 @@ def cpu_cell(trials: list[dict[str, Any]]) -> str:
     )
 
 
+def fallbacks(ps: dict[str, Any]) -> list[str]:
+    """ "<size> <app>: n, n, n" for each app whose trials fell back to Postgres."""
+    out = []
+    for size in _sizes(ps):
+        for name, trials in ps[str(size)].items():
+            if isinstance(trials, list) and any(t.get("fallback_reads") for t in trials):
+                counts = ", ".join(str(t.get("fallback_reads", 0)) for t in trials)
+                out.append(f"{size:,} {name}: {counts}")
+    return out
+
+
 def _burst_cell(trials: list[dict[str, Any]]) -> str:
     requests = trials[0]["burst"]["requests"]
     return (
@@ -223,6 +234,13 @@ def markdown(ps: dict[str, Any], *, title: str = "## Pairing at scale") -> list[
                     for k, v in t.get(part, {}).get("problems", {}).items():
                         key = f"{size:,} {path} {part}: {k}"
                         problems[key] = problems.get(key, 0) + v
+    fell = fallbacks(ps)
+    if fell:
+        lines += [
+            "",
+            "**Reads served from Postgres because Valkey could not be used** (the"
+            " app's metrics, per trial): " + "; ".join(fell),
+        ]
     if problems:
         lines += [
             "",

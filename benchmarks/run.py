@@ -438,7 +438,7 @@ class Bench:
             conn=conn,
             log=log,
             after=reseed,
-            cpu=self.cpu,
+            cpus={name: self.cpu for name in apps},
             pids={name: proc.pid for name, proc in apps.items()},
         )
         stage = self.results["stages"][str(size)]
