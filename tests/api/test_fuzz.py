@@ -8,7 +8,10 @@ and the webhook's session are sometimes real ones (a mitra, a pending session an
 pairing request), so the generated text reaches the database and not only 404s; webhook
 bodies are signed, so they get past the signature to the parser and the payment.
 
-Any 5xx fails, and so does a 4xx that is not `{"error", "detail"}` (SPEC §4). Bounded:
+Any 5xx fails, and so does a 4xx that is not `{"error", "detail"}` (SPEC §4), and any
+answer the document does not describe: a status the operation does not list, a body that
+breaks the schema declared for its status, or another content type (schemathesis' own
+checks; docs/subsystems/api.md). Bounded:
 MAX_EXAMPLES per operation, derandomized (the same requests every run, no example
 database), no deadline (a slow request on a busy machine is not a failure).
 """
@@ -29,6 +32,11 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
+from schemathesis.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from schemathesis.schemas import APIOperation
 
 from halobestie.api.app import create_app
@@ -65,6 +73,8 @@ def _schema() -> Any:
     return schemathesis.openapi.from_dict(app.openapi())
 
 
+# The answer is what /openapi.json says it is (issue 10 point 5).
+CONFORMANCE = [status_code_conformance, response_schema_conformance, content_type_conformance]
 Operation = APIOperation[Any, Any, Any, Any]
 SCHEMA = _schema()
 OPERATIONS: list[Operation] = [result.ok() for result in SCHEMA.get_all_operations()]
@@ -231,3 +241,4 @@ async def test_no_generated_request_gets_a_5xx(
     if r.status_code >= 400:
         body = r.json()
         assert isinstance(body, dict) and set(body) == {"error", "detail"}, describe(case, role, r)
+    case.validate_response(r, checks=CONFORMANCE)  # its failure shows the request (curl)

@@ -17,6 +17,7 @@ from . import ws
 from .errors import install_error_handlers
 from .hotpath import HotPath
 from .limits import BodyLimitMiddleware
+from .openapi import install_docs
 from .routers import admin, auth, chat, console, mitra, ops, pairing, payments, public, sessions
 
 
@@ -46,7 +47,13 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
             await feed.stop()
             await runtime.stop()
 
-    app = HalobestieApp(title="halobestie", version="0.1.0", lifespan=lifespan)
+    app = HalobestieApp(
+        title="halobestie",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,  # served by install_docs from packaged assets (no CDN)
+        redoc_url=None,
+    )
     app.hotpath = HotPath(runtime.ctx)
     app.state.ctx = runtime.ctx
     app.state.runtime = runtime
@@ -58,5 +65,6 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         app.include_router(router)
     app.mount("/admin/static", console.static, name="console-static")
     install_error_handlers(app)
+    install_docs(app)
     app.add_middleware(BodyLimitMiddleware)
     return app

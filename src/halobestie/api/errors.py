@@ -59,7 +59,9 @@ Described = tuple[int, dict[str, Any], dict[str, str]]
 def domain_error(exc: e.DomainError) -> Described:
     """Status, body and headers for a domain error (shared with the lean hot path)."""
     status = status_for(exc)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    # The webhook's signature is not a bearer token: no challenge for it.
+    bearer = status == 401 and not isinstance(exc, e.InvalidSignature)
+    headers = {"WWW-Authenticate": "Bearer"} if bearer else {}
     if status == 503:
         headers["Retry-After"] = "1"
     return status, {"error": exc.code, "detail": exc.detail}, headers
@@ -92,6 +94,11 @@ async def _domain(_: Request, exc: Exception) -> JSONResponse:
 
 
 def _describe(err: dict[str, Any]) -> str:
+    if err.get("type") == "json_invalid":
+        # FastAPI's loc is ("body", character offset); its msg only "JSON decode error".
+        at = err.get("loc", ("body", "?"))[-1]
+        why = (err.get("ctx") or {}).get("error", "malformed")
+        return f"body is not valid JSON: {why} at character offset {at}"
     where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
     # A field name is the client's text: one holding a lone surrogate must not make the
     # answer itself unencodable (a 500 from JSONResponse).
@@ -109,7 +116,10 @@ async def _validation(_: Request, exc: Exception) -> JSONResponse:
 async def _http(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = HTTP_CODES.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, exc.detail, **(exc.headers or {}))
+    detail = exc.detail
+    if exc.status_code == 400 and detail == "There was an error parsing the body":
+        detail = "body cannot be parsed: it must be JSON in UTF-8"  # FastAPI's says neither
+    return error_response(exc.status_code, code, detail, **(exc.headers or {}))
 
 
 async def _unreachable(_: Request, exc: Exception) -> JSONResponse:

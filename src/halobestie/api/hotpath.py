@@ -7,11 +7,12 @@ route, and Starlette's middleware, routing, Request and response objects cost a 
 ~30 % of the heartbeat's. `app.HalobestieApp` hands these two paths to `HotPath` before
 its middleware stack, and the answer is built straight from the ASGI scope.
 
-What it costs: these two paths do not appear in the OpenAPI schema, and they answer
-wrong methods (405) and errors themselves — through `errors.py`'s mapping, so clients
-see the same `{"error", "detail"}` shapes, statuses and headers as everywhere else.
-A request announcing a body over the limit still goes the long way, to be refused 413
-by the body-limit middleware like any other (neither endpoint reads a body).
+What it costs: FastAPI does not see these two paths (api/openapi.py adds them to
+/openapi.json by hand), and they answer wrong methods (405) and errors themselves —
+through `errors.py`'s mapping, so clients see the same `{"error", "detail"}` shapes,
+statuses and headers as everywhere else. A request announcing a body over the limit
+still goes the long way, to be refused 413 by the body-limit middleware like any other
+(neither endpoint reads a body).
 """
 
 from __future__ import annotations

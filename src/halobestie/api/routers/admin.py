@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter
@@ -13,10 +12,12 @@ from ...availability.queries import availability_counts
 from ...availability.seed import seed_mirror
 from ...availability.status import list_mitra_views, overlay_heartbeats
 from ...concepts import open_session
-from ...errors import MirrorUnavailable, ValkeyUnavailable
+from ...errors import EmailTaken, MirrorUnavailable, NotFound, ValkeyUnavailable
 from ...sessions.deactivation import do_set_mitra_active
 from ..bodies import MitraPatchBody, RegisterBody
 from ..deps import Admin, CtxDep, NowDep
+from ..models import Dashboard, DriftOut, MitraOut, MitrasOut, NewMitraOut, ReseedOut
+from ..openapi import documented
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
 
@@ -27,8 +28,8 @@ FROM chat_sessions WHERE {open_session()}
 """  # noqa: S608
 
 
-@router.post("/mitras", status_code=201)
-async def create_mitra(body: RegisterBody, _: Admin, ctx: CtxDep) -> dict[str, Any]:
+@router.post("/mitras", status_code=201, responses=documented(EmailTaken))
+async def create_mitra(body: RegisterBody, _: Admin, ctx: CtxDep) -> NewMitraOut:
     user = await do_create_user(
         ctx,
         email=body.email,
@@ -36,60 +37,67 @@ async def create_mitra(body: RegisterBody, _: Admin, ctx: CtxDep) -> dict[str, A
         display_name=body.display_name,
         role="mitra",
     )
-    return {
-        "mitra": {
-            "id": str(user.id),
-            "email": user.email,
-            "display_name": user.display_name,
-            "is_active": True,
-            "is_online": False,
+    return NewMitraOut.model_validate(
+        {
+            "mitra": {
+                "id": str(user.id),
+                "email": user.email,
+                "display_name": user.display_name,
+                "is_active": True,
+                "is_online": False,
+            }
         }
-    }
+    )
 
 
 @router.get("/mitras")
-async def list_mitras(_: Admin, ctx: CtxDep) -> dict[str, Any]:
+async def list_mitras(_: Admin, ctx: CtxDep) -> MitrasOut:
     views = await overlay_heartbeats(ctx, await list_mitra_views(ctx))
-    return {"mitras": [v.public() for v in views]}
+    return MitrasOut.model_validate({"mitras": [v.public() for v in views]})
 
 
-@router.patch("/mitras/{mitra_id}")
+@router.patch("/mitras/{mitra_id}", responses=documented(NotFound))
 async def patch_mitra(
     mitra_id: UUID, body: MitraPatchBody, admin: Admin, ctx: CtxDep, now: NowDep
-) -> dict[str, Any]:
+) -> MitraOut:
     view = await do_set_mitra_active(ctx, mitra_id, body.is_active, now, actor_id=admin.user_id)
-    return {"mitra": view.public()}
+    return MitraOut.model_validate({"mitra": view.public()})
 
 
 @router.get("/dashboard")
-async def dashboard(_: Admin, ctx: CtxDep, now: NowDep) -> dict[str, Any]:
+async def dashboard(_: Admin, ctx: CtxDep, now: NowDep) -> Dashboard:
     counts = await availability_counts(ctx, now)
     async with ctx.db.connection() as conn:
         sessions = await conn.fetchrow(SESSION_COUNTS_SQL)
-    return {
-        "online_count": counts.online,
-        "available_count": counts.available,
-        "deactivated_count": counts.deactivated,
-        "sessions": {"pending_payment": sessions["pending_payment"], "active": sessions["active"]},
-        "source": counts.source,
-    }
+    return Dashboard.model_validate(
+        {
+            "online_count": counts.online,
+            "available_count": counts.available,
+            "deactivated_count": counts.deactivated,
+            "sessions": {
+                "pending_payment": sessions["pending_payment"],
+                "active": sessions["active"],
+            },
+            "source": counts.source,
+        }
+    )
 
 
-@router.post("/availability/reseed")
-async def reseed(_: Admin, ctx: CtxDep) -> dict[str, int]:
+@router.post("/availability/reseed", responses=documented(ValkeyUnavailable))
+async def reseed(_: Admin, ctx: CtxDep) -> ReseedOut:
     try:
         counts = await seed_mirror(ctx, "manual")
     except MirrorUnavailable:
         raise ValkeyUnavailable(
             "Valkey is unreachable; the mirror reseeds itself when it returns"
         ) from None
-    return counts.as_dict()
+    return ReseedOut.model_validate(counts.as_dict())
 
 
-@router.get("/availability/drift")
-async def drift(_: Admin, ctx: CtxDep) -> dict[str, Any]:
+@router.get("/availability/drift", responses=documented(ValkeyUnavailable))
+async def drift(_: Admin, ctx: CtxDep) -> DriftOut:
     try:
         report = await compute_drift(ctx)
     except MirrorUnavailable:
         raise ValkeyUnavailable("Valkey is unreachable; drift cannot be measured") from None
-    return report.as_dict()
+    return DriftOut.model_validate(report.as_dict())

@@ -17,8 +17,10 @@ from ...auth.tokens import Principal
 from ...chat.actions import do_mark_read, do_send_message
 from ...chat.models import MessageOut, MessagesOut, ReadOut
 from ...chat.queries import DEFAULT_LIMIT, MAX_LIMIT, MAX_SEQ, list_messages
+from ...errors import Conflict, NotFound
 from ..bodies import Storable, Strict
 from ..deps import AnyUser, CtxDep, NowDep, require
+from ..openapi import documented
 
 router = APIRouter(prefix="/api/sessions", tags=["chat"])
 
@@ -48,7 +50,10 @@ class ReadBody(Strict):
 @router.post(
     "/{session_id}/messages",
     status_code=201,
-    responses={200: {"model": MessageOut, "description": "a retry: the message sent before"}},
+    responses={
+        200: {"model": MessageOut, "description": "a retry: the message sent before"},
+        **documented(NotFound, Conflict),
+    },
 )
 async def send_message(
     session_id: UUID,
@@ -87,7 +92,7 @@ async def get_messages(
     return MessagesOut(messages=messages)
 
 
-@router.post("/{session_id}/read")
+@router.post("/{session_id}/read", responses=documented(NotFound, Conflict))
 async def mark_read(session_id: UUID, body: ReadBody, principal: Party, ctx: CtxDep) -> ReadOut:
     """The caller's read cursor moves to `seq`, never backwards (a lower `seq` leaves it
     and returns where it is); `seq` above the last message is 422."""

@@ -2,33 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 
 from ...availability.actions import do_go_offline, do_go_online
 from ...availability.status import get_mitra_view, overlay_heartbeats
+from ...errors import MitraDeactivated
 from ..deps import CtxDep, Mitra, NowDep
+from ..models import MitraStatus, OnlineOut
+from ..openapi import documented
 
 router = APIRouter(prefix="/api/mitra", tags=["mitra"])
 
 
-@router.post("/status/online")
-async def go_online(principal: Mitra, ctx: CtxDep, now: NowDep) -> dict[str, Any]:
+@router.post("/status/online", responses=documented(MitraDeactivated))
+async def go_online(principal: Mitra, ctx: CtxDep, now: NowDep) -> OnlineOut:
     await do_go_online(ctx, principal.user_id, now)
-    return {"is_online": True}
+    return OnlineOut(is_online=True)
 
 
 @router.post("/status/offline")
-async def go_offline(principal: Mitra, ctx: CtxDep, now: NowDep) -> dict[str, Any]:
+async def go_offline(principal: Mitra, ctx: CtxDep, now: NowDep) -> OnlineOut:
     await do_go_offline(ctx, principal.user_id, now)
-    return {"is_online": False}
+    return OnlineOut(is_online=False)
 
 
 @router.get("/status")
-async def status(principal: Mitra, ctx: CtxDep) -> dict[str, Any]:
+async def status(principal: Mitra, ctx: CtxDep) -> MitraStatus:
     [view] = await overlay_heartbeats(ctx, [await get_mitra_view(ctx, principal.user_id)])
     public = view.public()
-    return {
-        k: public[k] for k in ("is_online", "is_active", "last_heartbeat_at", "active_sessions")
-    }
+    return MitraStatus.model_validate(public)

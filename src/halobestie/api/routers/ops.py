@@ -11,17 +11,22 @@ from starlette.responses import JSONResponse, Response
 from ...db import UNREACHABLE
 from ...errors import DatabaseBusy, DatabaseUnavailable
 from ..deps import CtxDep
+from ..models import Liveness, Readiness
 
 router = APIRouter(tags=["ops"])
 NOT_READY: tuple[type[Exception], ...] = (DatabaseUnavailable, *UNREACHABLE)
 
 
 @router.get("/healthz")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+async def healthz() -> Liveness:
+    return Liveness(status="ok")
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "not ready: Postgres is not answering"}},
+)
 async def readyz(ctx: CtxDep) -> JSONResponse:
     """Ready while Postgres answers; a degraded Valkey is still ready (reads fall back)."""
     valkey = "ok" if ctx.mirror.trusted and ctx.mirror.reachable else "degraded"
@@ -35,6 +40,10 @@ async def readyz(ctx: CtxDep) -> JSONResponse:
     return JSONResponse({"postgres": "ok", "valkey": valkey})
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+)
 async def metrics(ctx: CtxDep) -> Response:
     return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Request
 from pydantic import StringConstraints, ValidationError
 
-from ...errors import InvalidRequest, InvalidSignature
+from ...errors import Conflict, InvalidRequest, InvalidSignature, NotFound
 from ...sessions.actions import do_pay_session
 from ...sessions.transitions import public_session
 from ..bodies import Storable, Strict
 from ..deps import CtxDep, NowDep
+from ..models import SessionOut
+from ..openapi import documented
 
 router = APIRouter(prefix="/api/payments", tags=["payments"])
 
@@ -69,15 +71,25 @@ _BODY_DOC = {
 }
 
 
-@router.post("/webhook", openapi_extra=_BODY_DOC)
+@router.post(
+    "/webhook",
+    openapi_extra=_BODY_DOC,
+    responses=documented(InvalidSignature, InvalidRequest, NotFound, Conflict),
+)
 async def payment_webhook(
     request: Request,
     ctx: CtxDep,
     now: NowDep,
-    x_signature: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> dict[str, Any]:
+    x_signature: Annotated[
+        str | None,
+        Header(
+            alias="X-Signature",
+            description="hex HMAC-SHA256 of the raw body (PAYMENT_WEBHOOK_SECRET)",
+        ),
+    ] = None,
+) -> SessionOut:
     raw = await request.body()
     verify_signature(ctx.settings.payment_webhook_secret, raw, x_signature)
     body = parse_body(raw)
     row = await do_pay_session(ctx, session_id=body.session_id, reference=body.reference, now=now)
-    return {"session": public_session(row, now)}
+    return SessionOut.model_validate({"session": public_session(row, now)})

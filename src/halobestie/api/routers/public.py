@@ -8,6 +8,7 @@ from fastapi import APIRouter
 
 from ...availability.queries import mitra_reachability
 from ..deps import CtxDep, CustomerToken, NowDep
+from ..models import Reachability
 
 router = APIRouter(tags=["availability"])
 
@@ -15,6 +16,6 @@ router = APIRouter(tags=["availability"])
 @router.get("/api/mitras/{mitra_id}/availability")
 async def mitra_availability(
     mitra_id: UUID, _: CustomerToken, ctx: CtxDep, now: NowDep
-) -> dict[str, bool]:
+) -> Reachability:
     result = await mitra_reachability(ctx, mitra_id, now)
-    return {"reachable": result.reachable, "available": result.available}
+    return Reachability(reachable=result.reachable, available=result.available)
