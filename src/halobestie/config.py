@@ -139,6 +139,10 @@ class Settings(DatabaseSettings):
     valkey_probe_interval_seconds: Seconds = Field(
         default=1.0, alias="VALKEY_PROBE_INTERVAL_SECONDS"
     )
+    # How often each instance checks its open sockets' logins against Postgres (one query
+    # for all of them): the bound on a logout or deactivation reaching a socket on another
+    # instance while Valkey pub/sub is down.
+    ws_login_recheck_seconds: Seconds = Field(default=5.0, alias="WS_LOGIN_RECHECK_SECONDS")
     database_timeout_seconds: Seconds = Field(default=5.0, alias="DATABASE_TIMEOUT_SECONDS")
     database_pool_size: PositiveInt = Field(default=10, alias="DATABASE_POOL_SIZE")
     # Bounds Postgres enforces on every app connection (db.Bounds). Unset, they follow

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import get_args
 
+from .auth.sockets import LoginWatch
 from .availability.seed import seed_mirror
 from .availability.sweeps import SweepRunner
 from .clock import Clock, SystemClock
@@ -74,6 +75,7 @@ class Runtime:
             raise RuntimeError(f"timer kinds without a handler: {sorted(missing)}")
         self.ctx.provide(HANDLERS, handlers)
         self.sweeps = SweepRunner(self.ctx)
+        self.logins = LoginWatch(self.ctx)
         self.timers = TimerRunner(self.ctx)
         self.reaper = StallReaper(
             settings.asyncpg_dsn,
@@ -101,6 +103,7 @@ class Runtime:
             log.warning("starting_degraded", detail="Valkey unreachable; serving from Postgres")
         ctx.mirror.start()
         bus(ctx).start()
+        self.logins.start()
         if ctx.settings.sweeps_enabled:
             self.sweeps.start()
         if ctx.settings.timers_enabled:
@@ -108,6 +111,7 @@ class Runtime:
         log.info("engine_started", timer_restorers=restored, mirror_trusted=seeded)
 
     async def stop(self) -> None:
+        await self.logins.stop()
         await bus(self.ctx).stop()
         await self.timers.stop()
         await self.sweeps.stop()

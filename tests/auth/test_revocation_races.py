@@ -52,9 +52,11 @@ async def assert_unusable(inst: Instance, answer: httpx.Response) -> None:
         assert answer.status_code in (401, 403), answer.text
         return
     pair = answer.json()
-    # Any endpoint that checks the login: an unknown session is 404 to a live token.
+    # Any endpoint that checks the login: an unknown session is 404 to a live token; a
+    # login its mitra's deactivation ended is 403 account_deactivated, as login says.
     r = await inst.client.get(f"/api/sessions/{uuid4()}", headers=bearer(pair["access_token"]))
-    assert (r.status_code, r.json()["error"]) == (401, "invalid_token"), r.text
+    refused = {(401, "invalid_token"), (403, "account_deactivated")}
+    assert (r.status_code, r.json()["error"]) in refused, r.text
     r = await refresh(inst, pair["refresh_token"])
     assert r.status_code in (401, 403), r.text
 

@@ -13,8 +13,10 @@ every event for the user. The client may send `{"type": "ping"}`; the answer is
 to the session's other party (chat/typing.py; nothing is answered, a malformed one gets an
 `error` event). Anything else gets an `error` event; binary or oversized frames
 close the socket (1003, 1009). The socket closes with 1008 `token_expired` when its
-access token expires: the client reconnects with a fresh one, so a revoked login keeps
-its stream at most one token lifetime.
+access token expires: the client reconnects with a fresh one. A logout closes that
+login's sockets, a deactivation every socket of the mitra, on any instance, with 1008 and
+`logged_out: ...` / `account_deactivated: ...` (auth/sockets.py): the client tells the
+person and does not reconnect with that login.
 
 Each socket has a bounded outbox written by one task: a slow client never slows the
 event bus or other clients; one that falls too far behind is closed (1013) and refetches.
@@ -28,6 +30,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -36,7 +39,7 @@ from ..auth.queries import require_live_session
 from ..auth.tokens import Principal, decode_access_token
 from ..chat.typing import relay_typing
 from ..context import Context
-from ..errors import InvalidToken, ServiceUnavailable
+from ..errors import AccountDeactivated, InvalidToken, ServiceUnavailable
 from ..events.bus import bus
 from ..logs import get_logger
 
@@ -63,9 +66,19 @@ class Close:
 class Outbox:
     """What the event bus sees of one socket: `send_text` enqueues, never blocks."""
 
-    def __init__(self) -> None:
+    def __init__(self, login: UUID | None = None) -> None:
         self.queue: asyncio.Queue[str] = asyncio.Queue(OUTBOX_SIZE)
         self.overflowed = asyncio.Event()
+        # The auth session this socket belongs to (the token's `sid`), and its end.
+        self.login = login
+        self.ended = asyncio.Event()
+        self.end_reason = ""
+
+    def end(self, reason: str) -> None:
+        """Close this socket with 1008 and `reason` (its login was ended)."""
+        if not self.ended.is_set():
+            self.end_reason = reason
+            self.ended.set()
 
     async def send_text(self, data: str) -> None:
         self.put(data)
@@ -83,7 +96,8 @@ def event(type_: str, data: dict[str, Any] | None = None) -> str:
 
 
 async def authenticate(ctx: Context, token: str | None, now: datetime) -> tuple[Principal, float]:
-    """The principal and the token's expiry (unix time); InvalidToken when refused."""
+    """The principal and the token's expiry (unix time); InvalidToken when refused,
+    AccountDeactivated for a login its mitra's deactivation ended."""
     if not token:
         raise InvalidToken("missing ?token=<access token>")
     principal = decode_access_token(ctx.settings.jwt_secret, token, now)
@@ -102,12 +116,12 @@ async def events_socket(websocket: WebSocket) -> None:
     now = ctx.clock.now()
     try:
         principal, expires = await authenticate(ctx, websocket.query_params.get("token"), now)
-    except InvalidToken as exc:
+    except (InvalidToken, AccountDeactivated) as exc:
         await websocket.accept()
-        await websocket.close(POLICY_VIOLATION, _reason(f"invalid_token: {exc.detail}"))
+        await websocket.close(POLICY_VIOLATION, _reason(f"{exc.code}: {exc.detail}"))
         return
     await websocket.accept()
-    outbox = Outbox()
+    outbox = Outbox(principal.session_id)
     # No await between these two: the client's first frame is `ready`, and every event
     # published after it was queued reaches this socket.
     outbox.put(event("ready", {"user_id": str(principal.user_id), "role": principal.role}))
@@ -120,6 +134,7 @@ async def events_socket(websocket: WebSocket) -> None:
         asyncio.create_task(_read(websocket, outbox, ctx, principal)),
         asyncio.create_task(_write(websocket, outbox)),
         asyncio.create_task(_expire(expires - now.timestamp())),
+        asyncio.create_task(_ended(outbox)),
     ]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -195,6 +210,11 @@ async def _write(websocket: WebSocket, outbox: Outbox) -> Close | None:
 async def _expire(seconds: float) -> Close:
     await asyncio.sleep(max(seconds, 0.0))
     return Close(POLICY_VIOLATION, "token_expired: reconnect with a fresh access token")
+
+
+async def _ended(outbox: Outbox) -> Close:
+    await outbox.ended.wait()
+    return Close(POLICY_VIOLATION, _reason(outbox.end_reason))
 
 
 def _reason(text: str) -> str:

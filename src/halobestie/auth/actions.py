@@ -9,12 +9,14 @@ from uuid import UUID
 
 import asyncpg
 
+from ..aftercommit import run_after_commit
 from ..context import Context
 from ..db import Database
 from ..errors import AccountDeactivated, EmailTaken, InvalidCredentials, InvalidToken
 from ..logs import get_logger
 from .passwords import hash_password, verify_password
 from .queries import User
+from .sockets import end_sockets
 from .tokens import (
     Principal,
     hash_refresh_token,
@@ -156,12 +158,14 @@ async def do_refresh_session(ctx: Context, *, refresh_token: str, now: datetime)
             " LEFT JOIN mitras m ON m.id = u.id WHERE s.id = $1 FOR UPDATE OF s",
             session_id,
         )
+        # Deactivated first: a deactivated mitra hears the same 403 from every door
+        # (refresh, login, endpoints that check the login, its socket's close reason).
+        if row is not None and row["is_active"] is False:
+            raise AccountDeactivated("this mitra account is deactivated; contact an admin")
         if row is None or row["revoked_at"] is not None:
             raise InvalidToken("refresh token revoked or unknown; log in again")
         if row["expires_at"] <= now:
             raise InvalidToken("refresh token expired; log in again")
-        if row["is_active"] is False:
-            raise AccountDeactivated("this mitra account is deactivated; contact an admin")
         user = User(row["id"], row["email"], row["display_name"], row["role"])
         if same_hash(row["refresh_token_hash"], presented):
             await conn.execute(
@@ -194,12 +198,15 @@ async def do_refresh_session(ctx: Context, *, refresh_token: str, now: datetime)
             session_id,
             now,
         )
-    # Raised after the transaction, so the revocation commits.
+    # Raised after the transaction, so the revocation commits; its sockets close too.
     log.warning("refresh_token_reuse", auth_session=str(session_id))
+    await run_after_commit(ctx, [end_sockets(ctx, user.id, session_id, "refresh_reuse")])
     raise InvalidToken("refresh token already used; this login has been ended")
 
 
 async def do_logout(ctx: Context, principal: Principal, now: datetime) -> None:
+    """Revoke this login; after the commit its open sockets close, on every instance, with
+    1008 `logged_out` (auth/sockets.py). The user's other logins keep theirs."""
     async with ctx.db.connection() as conn:
         await conn.execute(
             "UPDATE auth_sessions SET revoked_at = $3, revoked_reason = 'logout'"
@@ -208,6 +215,10 @@ async def do_logout(ctx: Context, principal: Principal, now: datetime) -> None:
             principal.user_id,
             now,
         )
+    # Also when it was already revoked: ending sockets twice is harmless.
+    await run_after_commit(
+        ctx, [end_sockets(ctx, principal.user_id, principal.session_id, "logout")]
+    )
 
 
 async def do_ensure_admin(ctx: HasDb, *, email: str, password: str) -> tuple[User, bool]:

@@ -7,7 +7,7 @@ from typing import Any
 from uuid import UUID
 
 from ..context import Context
-from ..errors import InvalidToken
+from ..errors import AccountDeactivated, InvalidToken
 from .tokens import Principal
 
 
@@ -38,13 +38,23 @@ async def get_user(ctx: Context, user_id: UUID) -> User | None:
 
 async def require_live_session(ctx: Context, principal: Principal) -> None:
     """Logout and deactivation revoke auth sessions; every endpoint that talks to
-    Postgres anyway refuses their access tokens at once. (The hot path does not: see
-    docs/subsystems/auth.md for that bounded window.)"""
+    Postgres anyway refuses their access tokens at once: AccountDeactivated (403
+    `account_deactivated`, as login and refresh answer) for an ended login of a mitra that
+    is deactivated, InvalidToken (401) for any other ended or unknown login. (The hot path
+    does not: see docs/subsystems/auth.md for that bounded window.)"""
     async with ctx.db.connection() as conn:
-        live = await conn.fetchval(
-            "SELECT true FROM auth_sessions WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
+        row = await conn.fetchrow(
+            "SELECT s.revoked_at IS NULL AS live, s.revoked_reason, m.is_active"
+            " FROM auth_sessions s LEFT JOIN mitras m ON m.id = s.user_id"
+            " WHERE s.id = $1 AND s.user_id = $2",
             principal.session_id,
             principal.user_id,
         )
-    if not live:
-        raise InvalidToken("this login was ended (logout or deactivation); log in again")
+    if row is not None and row["live"]:
+        return
+    # A mitra reactivated since is told to log in again, which now works.
+    if row is not None and row["is_active"] is False:
+        raise AccountDeactivated("this mitra account is deactivated; contact an admin")
+    if row is not None and row["revoked_reason"] == "logout":
+        raise InvalidToken("this login was logged out; log in again")
+    raise InvalidToken("this login was ended; log in again")

@@ -26,7 +26,7 @@ import random
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 import valkey.asyncio as valkey_async
@@ -50,6 +50,18 @@ BACKOFF_MAX = 2.0
 
 class Socket(Protocol):
     async def send_text(self, data: str) -> None: ...
+
+
+@runtime_checkable
+class Endable(Protocol):
+    """A socket that belongs to one login (auth session) and can be ended: `end(reason)`
+    makes its connection close with 1008 and that reason, soon after, never blocking."""
+
+    login: UUID | None
+
+    async def send_text(self, data: str) -> None: ...
+
+    def end(self, reason: str) -> None: ...
 
 
 class SubscriberLost(Exception):
@@ -109,6 +121,37 @@ class EventBus:
     def connected(self, user_id: UUID) -> int:
         return len(self._sockets.get(str(user_id), ()))
 
+    def open_logins(self) -> set[UUID]:
+        """The logins (auth session ids) of this instance's open sockets."""
+        return {
+            s.login
+            for sockets in self._sockets.values()
+            for s in sockets
+            if isinstance(s, Endable) and s.login is not None
+        }
+
+    def end_local(self, user_id: str, login: str | None, reason: str) -> int:
+        """End this instance's sockets of `user_id` (only those of `login` when given);
+        returns how many. Their connection tasks detach them as they close."""
+        ended = 0
+        for socket in list(self._sockets.get(user_id, ())):
+            if not isinstance(socket, Endable):
+                continue
+            if login is None or str(socket.login) == login:
+                socket.end(reason)
+                ended += 1
+        return ended
+
+    async def end_sockets(self, user_id: UUID, login: UUID | None, reason: str) -> None:
+        """After commit of a logout (one login) or a deactivation (`login` None: all of the
+        user's): end the sockets here, then tell every other instance over pub/sub. Never
+        raises; with Valkey down the other instances' login re-check ends theirs
+        (auth/sockets.py)."""
+        user, only = str(user_id), None if login is None else str(login)
+        self.end_local(user, only, reason)
+        end = {"user": user, "login": only, "reason": reason}
+        await self._publish_envelope(json.dumps({"origin": self.instance_id, "end": end}), "end")
+
     async def deliver_local(self, user_ids: Iterable[str], text: str) -> int:
         """Send to this instance's sockets of these users; a dead socket is dropped."""
         targets = [(u, s) for u in user_ids for s in list(self._sockets.get(u, ()))]
@@ -135,16 +178,19 @@ class EventBus:
             await self.deliver_local(users, text)
         except Exception:  # a socket bug must not fail the request that published
             log.exception("event_local_delivery_failed", type=type_)
+        envelope = json.dumps({"origin": self.instance_id, "users": users, "event": text})
+        await self._publish_envelope(envelope, "publish")
+
+    async def _publish_envelope(self, envelope: str, operation: str) -> None:
         if not self.enabled:
             return
         if not self.breaker.allows():
-            self.breaker.skipped("publish")
+            self.breaker.skipped(operation)
             return
-        envelope = json.dumps({"origin": self.instance_id, "users": users, "event": text})
         try:
             await self._client.publish(self.keys.events, envelope)
         except VALKEY_FAILURES as exc:
-            self.breaker.failed("publish", exc)
+            self.breaker.failed(operation, exc)
         else:
             self.breaker.close()
 
@@ -231,6 +277,9 @@ class EventBus:
             return  # pong
         try:
             envelope = json.loads(message["data"])
+            if isinstance(envelope, dict) and "end" in envelope:
+                self._on_end(envelope)
+                return
             origin, users, text = envelope["origin"], envelope["users"], envelope["event"]
             if not (isinstance(users, list) and isinstance(text, str)):
                 raise TypeError("users must be a list and event a string")
@@ -243,6 +292,16 @@ class EventBus:
             await self.deliver_local([str(u) for u in users], text)
         except Exception:
             log.exception("event_remote_delivery_failed")
+
+    def _on_end(self, envelope: dict[str, Any]) -> None:
+        """Another instance's logout or deactivation: end this instance's sockets of it."""
+        end = envelope["end"]
+        if envelope.get("origin") == self.instance_id:
+            return  # ended locally before publishing
+        user, login, reason = end["user"], end.get("login"), end["reason"]
+        if not (isinstance(user, str) and isinstance(reason, str)):
+            raise TypeError("end needs a user and a reason")
+        self.end_local(user, login if isinstance(login, str) else None, reason)
 
 
 def _build(ctx: Context) -> EventBus:

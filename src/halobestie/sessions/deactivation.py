@@ -10,6 +10,7 @@ from typing import Any
 from uuid import UUID
 
 from ..aftercommit import run_after_commit
+from ..auth.sockets import end_sockets
 from ..availability.status import MitraView, get_mitra_view
 from ..availability.sync import mirror_mitras
 from ..concepts import OPEN_SESSION_STATUSES
@@ -76,8 +77,9 @@ async def do_set_mitra_active(
 ) -> MitraView:
     """Deactivation, in one transaction: the mitra offline, its open chat sessions closed
     (unpaid ones cancelled, paid ones ended; `actor_id`, the admin, and the reason
-    `mitra_deactivated` in their history), every auth session it has revoked. Capacity,
-    the mirror and `session.updated` events follow after the commit. Reactivation only
+    `mitra_deactivated` in their history), every auth session it has revoked. After the
+    commit: its sockets closed on every instance (1008 `account_deactivated`), then
+    capacity, the mirror and `session.updated` events. Reactivation only
     lets the mitra log in and go online again. NotFound for an unknown mitra; DatabaseBusy
     (503) if accepts kept adding sessions through DEACTIVATION_ATTEMPTS attempts."""
     closed: list[Any] = []
@@ -103,5 +105,8 @@ async def do_set_mitra_active(
             raise DatabaseBusy(f"mitra {mitra_id} kept gaining sessions; retry the deactivation")
     # The mirror of this mitra follows either way (in session_changed when it had sessions).
     effect = session_changed(ctx, closed) if closed else mirror_mitras(ctx, [mitra_id])
-    await run_after_commit(ctx, [effect])
+    effects = [effect]
+    if not active:  # every socket of the mitra closes, 1008 `account_deactivated`
+        effects.insert(0, end_sockets(ctx, mitra_id, None, DEACTIVATION_REASON))
+    await run_after_commit(ctx, effects)
     return await get_mitra_view(ctx, mitra_id)
