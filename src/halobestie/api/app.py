@@ -53,6 +53,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # served by install_docs from packaged assets (no CDN)
         redoc_url=None,
+        # operationId = the route function's name: what a generated client calls it.
+        generate_unique_id_function=lambda route: route.name,
     )
     app.hotpath = HotPath(runtime.ctx)
     app.state.ctx = runtime.ctx
