@@ -82,7 +82,7 @@ class HeartbeatOut(BaseModel):
     next_heartbeat_in_seconds: float
 
 
-class Beacon(BaseModel):
+class AvailabilityBeacon(BaseModel):
     state: Literal["available", "busy", "offline"]
     available_count: int
     computed_at: str

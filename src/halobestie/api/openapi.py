@@ -26,7 +26,7 @@ from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 from .. import errors as e
 from .errors import STATUS
 from .hotpath import BEACON_PATH, HEARTBEAT_PATH
-from .models import Beacon, ErrorBody, HeartbeatOut
+from .models import AvailabilityBeacon, ErrorBody, HeartbeatOut
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 DOCS_STATIC = "/docs/static"
@@ -99,7 +99,7 @@ def hot_path_operations() -> dict[str, Any]:
                 "summary": "Beacon",
                 "description": "Whether any mitra is available now (cached; no token).",
                 "operationId": "beacon",
-                "responses": {"200": _hot_path(Beacon)},
+                "responses": {"200": _hot_path(AvailabilityBeacon)},
             }
         },
     }
@@ -134,10 +134,11 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     schema["paths"].update(hot_path_operations())
     components = schema.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
-    for model in (ErrorBody, HeartbeatOut, Beacon):
-        schemas[model.__name__] = model.model_json_schema(
-            ref_template="#/components/schemas/{model}"
-        )
+    for model in (ErrorBody, HeartbeatOut, AvailabilityBeacon):
+        # A name FastAPI already gave another model would silently replace its schema.
+        own = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        assert schemas.get(model.__name__, own) == own, f"schema name clash: {model.__name__}"
+        schemas[model.__name__] = own
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
     components.setdefault("securitySchemes", {})["bearer"] = {
