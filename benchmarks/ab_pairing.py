@@ -267,6 +267,16 @@ def target(out: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def write_markdown(path: Path, out: dict[str, Any]) -> list[str]:
+    md = markdown(out)
+    t = out.get("target")
+    if t is not None:
+        met = "met" if t["met"] else "**missed**"
+        md += ["", f"Target: {t['target']}: {t['value']}x ({t['goal']}): {met}; {t['note']}."]
+    path.with_suffix(".md").write_text("\n".join(md) + "\n")
+    return md
+
+
 def cli(base_src: Path, online: str, quick: bool) -> int:
     sizes = [int(s) for s in online.split(",")] if online else [1_000, 10_000, 100_000]
     plan = pairing_scale.ScalePlan.quick() if quick else pairing_scale.ScalePlan()
@@ -278,12 +288,16 @@ def cli(base_src: Path, online: str, quick: bool) -> int:
     path = REPO / "benchmarks" / "results" / f"ab-pairing-{stamp}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2, default=str))
-    md = markdown(out)
-    t = out["target"]
-    if t is not None:
-        met = "met" if t["met"] else "**missed**"
-        md += ["", f"Target: {t['target']}: {t['value']}x ({t['goal']}): {met}; {t['note']}."]
-    path.with_suffix(".md").write_text("\n".join(md) + "\n")
+    md = write_markdown(path, out)
     print("\n".join(md))
     print(f"written: {path}")
     return 0
+
+
+if __name__ == "__main__":  # re-render the Markdown of a finished run from its JSON
+    import sys
+
+    results = Path(sys.argv[1])
+    done = json.loads(results.read_text())
+    done["target"] = target(done)
+    print("\n".join(write_markdown(results, done)))

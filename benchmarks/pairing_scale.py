@@ -308,7 +308,7 @@ def describe(name: str, t: dict[str, Any]) -> str:
         " ms",
         f"{t['throughput']['opens_per_s']:.0f} opens/s",
     ]
-    if t.get("fallback_reads"):
+    if t.get("fallback_reads") and name.endswith("valkey"):
         parts.append(f"FELL BACK TO POSTGRES {t['fallback_reads']} times")
     if "cpu_us_per_open_and_cancel" in t["throughput"]:
         parts.append(f"CPU us per open+cancel {t['throughput']['cpu_us_per_open_and_cancel']}")

@@ -150,11 +150,14 @@ def cpu_cell(trials: list[dict[str, Any]]) -> str:
 
 
 def fallbacks(ps: dict[str, Any]) -> list[str]:
-    """ "<size> <app>: n, n, n" for each app whose trials fell back to Postgres."""
+    """ "<size> <app>: n, n, n" for each Valkey-path app whose trials fell back to
+    Postgres (a Postgres-only app counts every read as one)."""
     out = []
     for size in _sizes(ps):
         for name, trials in ps[str(size)].items():
-            if isinstance(trials, list) and any(t.get("fallback_reads") for t in trials):
+            if not name.endswith("valkey") or not isinstance(trials, list):
+                continue
+            if any(t.get("fallback_reads") for t in trials):
                 counts = ", ".join(str(t.get("fallback_reads", 0)) for t in trials)
                 out.append(f"{size:,} {name}: {counts}")
     return out
