@@ -39,6 +39,7 @@ BRISK = Behaviour(
     break_length=(0.5, 1.0),
     churn_every=(1.0, 2.0),
     deactivated_for=(1.0, 2.0),
+    chat_every=(0.1, 0.3),
 )
 SIM_EMAILS = "%@sim.halobestie.dev"
 

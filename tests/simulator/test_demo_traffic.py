@@ -28,12 +28,14 @@ async def test_the_demo_pairs_pays_extends_ends_sweeps_and_churns_through_the_ap
     wanted = (
         "mitra_online", "heartbeat", "accepted", "paid", "extended", "closed_ended",
         "deactivated", "reactivated", "mitra_saw_deactivation", "mitra_swept_offline",
+        "messages_sent",
     )  # fmt: skip
     async with live_app(clock=SystemClock(), **FAST) as live, simulation(live) as sim:
         await eventually(lambda: all(sim.stats.get(k) for k in wanted), within=45)
         # What the server recorded, not what the simulator believes it did.
         paid = await pg.fetchval("SELECT count(*) FROM payments WHERE reference LIKE 'sim-%'")
         assert paid >= 1
+        assert await pg.fetchval("SELECT count(*) FROM chat_messages") >= 1
         reasons = {r["reason"] for r in await pg.fetch("SELECT reason FROM chat_session_events")}
         assert {"offer accepted", "ended by the customer"} <= reasons
         assert any(r.startswith("extended by 1 minutes") for r in reasons), reasons

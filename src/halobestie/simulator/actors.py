@@ -50,12 +50,12 @@ class Behaviour:
     max_silence: float = 300.0  # a silent mitra comes back after this at the latest
     churn_every: Range = (20.0, 60.0)  # the admin deactivates a mitra
     deactivated_for: Range = (10.0, 30.0)
+    chat_every: Range = (3.0, 9.0)  # between two messages of one party (DemoChat)
 
 
 class ChatHook(Protocol):
     """Called when a session becomes active, by each party's actor, as a task it cancels
-    when the session closes. Chat does not exist yet (SPEC §5): once
-    `POST /api/sessions/{id}/messages` does, a hook sends messages here."""
+    when the session closes."""
 
     async def converse(self, world: World, user: ApiUser, session: Json) -> None: ...
 
@@ -63,6 +63,40 @@ class ChatHook(Protocol):
 class NoChat:
     async def converse(self, world: World, user: ApiUser, session: Json) -> None:
         return None
+
+
+LINES = (
+    "Hi, thanks for taking this.",
+    "I have had a long week.",
+    "That sounds hard. What happened?",
+    "Work, mostly. And I have not slept well.",
+    "It makes sense you feel worn out.",
+    "Talking helps, thank you.",
+)
+
+
+class DemoChat:
+    """Both parties talk while the session is active (SPEC §5): a message every
+    `Behaviour.chat_every` seconds (at rate 1) through `POST /api/sessions/{id}/messages`,
+    each with its own `client_message_id`, then read up to it. Stops at the first refusal
+    (the session closed) or when the actor cancels it."""
+
+    def __init__(self, at_most: int = 12) -> None:
+        self.at_most = at_most
+
+    async def converse(self, world: World, user: ApiUser, session: Json) -> None:
+        path = f"/api/sessions/{session['id']}"
+        for _ in range(self.at_most):
+            if not await world.pause(world.behaviour.chat_every):
+                return
+            body = {"client_message_id": uuid.uuid4().hex, "body": world.rng.choice(LINES)}
+            try:
+                sent = await user.call("POST", f"{path}/messages", body)
+                await user.call("POST", f"{path}/read", {"seq": sent["message"]["seq"]})
+            except ApiError:
+                world.stats["chat_refused"] += 1  # closed meanwhile: the talk is over
+                return
+            world.stats["messages_sent"] += 1
 
 
 @dataclass

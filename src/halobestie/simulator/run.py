@@ -25,7 +25,16 @@ from typing import Any
 import httpx
 
 from ..logs import get_logger
-from .actors import Actor, AdminActor, Behaviour, ChatHook, CustomerActor, MitraActor, NoChat, World
+from .actors import (
+    Actor,
+    AdminActor,
+    Behaviour,
+    ChatHook,
+    CustomerActor,
+    DemoChat,
+    MitraActor,
+    World,
+)
 from .client import Account, ApiError, ApiUser, PaymentProvider, ServerGone
 
 log = get_logger(__name__)
@@ -49,7 +58,7 @@ class DemoConfig:
     seed: int | None = None
     churn: bool = True  # the admin deactivates and reactivates mitras
     behaviour: Behaviour = field(default_factory=Behaviour)
-    chat: ChatHook = field(default_factory=NoChat)
+    chat: ChatHook = field(default_factory=DemoChat)
     email_domain: str = "sim.halobestie.dev"
     wait_for_server_seconds: float = 60.0
 
