@@ -88,7 +88,14 @@ class Metrics:
             "writeback",
         ):
             self.valkey_errors.labels(operation=operation)
-        for reader in ("heartbeat", "beacon", "reachability", "find_available", "dashboard"):
+        for reader in (
+            "heartbeat",
+            "beacon",
+            "reachability",
+            "find_available",
+            "dashboard",
+            "pairing",
+        ):
             self.fallback_reads.labels(reader=reader)
         for sweep in ("auto_offline", "heartbeat_writeback", "reseed"):
             self.sweep_duration.labels(sweep=sweep)
