@@ -46,7 +46,8 @@ class Reachability:
     available: bool
 
 
-def _cutoff(ctx: Context, now: datetime) -> datetime:
+def stale_cutoff(ctx: Context, now: datetime) -> datetime:
+    """A heartbeat at or before this instant is stale (now - HEARTBEAT_STALE_SECONDS)."""
     return now - timedelta(seconds=ctx.settings.heartbeat_stale_seconds)
 
 
@@ -71,7 +72,7 @@ async def _pool_from_valkey(ctx: Context, client: Client, now: datetime) -> dict
     if not ids:
         return {}
     return await on_connection(
-        client, lambda conn: _read_loads(conn, ids, keys, iso(_cutoff(ctx, now)))
+        client, lambda conn: _read_loads(conn, ids, keys, iso(stale_cutoff(ctx, now)))
     )
 
 
@@ -126,7 +127,7 @@ ORDER BY m.id
 
 async def pool_from_postgres(ctx: Context, now: datetime) -> dict[str, int]:
     async with ctx.db.connection() as conn:
-        rows = await conn.fetch(POOL_SQL, _cutoff(ctx, now))
+        rows = await conn.fetch(POOL_SQL, stale_cutoff(ctx, now))
     return {r["id"]: int(r["open_sessions"]) for r in rows}
 
 
@@ -173,7 +174,7 @@ async def mitra_reachability(ctx: Context, mitra_id: UUID, now: datetime) -> Rea
     """Reachable: online, active, fresh. Available: reachable and below capacity.
     NotFound for an unknown mitra (asked of Postgres only when Valkey cannot tell)."""
     max_sessions = ctx.settings.mitra_max_concurrent_sessions
-    cutoff = _cutoff(ctx, now)
+    cutoff = stale_cutoff(ctx, now)
     try:
         online, deactivated, heartbeat, capacity = await ctx.mirror.read(
             "reachability", lambda c: _one_from_valkey(ctx, c, str(mitra_id))

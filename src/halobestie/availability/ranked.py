@@ -27,13 +27,14 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from .. import concepts
 from ..clock import iso
 from ..context import Context
 from ..valkey.mirror import Client
+from .queries import stale_cutoff
 from .scripts import scripts
 
 BAND = 10**13
@@ -73,10 +74,6 @@ def split_score(score: float) -> tuple[int, int]:
     return load, idle
 
 
-def _cutoff(ctx: Context, now: datetime) -> datetime:
-    return now - timedelta(seconds=ctx.settings.heartbeat_stale_seconds)
-
-
 async def pick_from_index(
     ctx: Context, *, fanout: int, exclude: Sequence[str], now: datetime
 ) -> list[str]:
@@ -92,7 +89,7 @@ async def pick_from_index(
             keys=[keys.ranked],
             args=[
                 keys.heartbeat(""),
-                iso(_cutoff(ctx, now)),
+                iso(stale_cutoff(ctx, now)),
                 fanout,
                 fanout * WINDOW_PER_OFFER,
                 WALK_LIMIT,
@@ -128,7 +125,7 @@ async def window_from_postgres(
     rows = await conn.fetch(
         WINDOW_SQL,
         ctx.settings.mitra_max_concurrent_sessions,
-        _cutoff(ctx, now),
+        stale_cutoff(ctx, now),
         list(exclude),
         fanout * WINDOW_PER_OFFER,
     )

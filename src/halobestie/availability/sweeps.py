@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from uuid import UUID
 
 from ..aftercommit import run_after_commit
@@ -20,6 +20,7 @@ from ..errors import MirrorUnavailable, ServiceUnavailable
 from ..logs import get_logger
 from ..valkey.mirror import Client
 from . import locks
+from .queries import stale_cutoff
 from .seed import SeedCounts, seed_mirror
 from .sync import mirror_mitras
 
@@ -76,7 +77,7 @@ async def run_auto_offline(ctx: Context, now: datetime) -> SweepResult:
         heartbeats = await ctx.mirror.read("auto_offline", lambda c: _online_heartbeats(ctx, c))
     except MirrorUnavailable:
         return SweepResult(False, reason="valkey error")
-    cutoff = now - timedelta(seconds=ctx.settings.heartbeat_stale_seconds)
+    cutoff = stale_cutoff(ctx, now)
     stale = [
         UUID(mitra_id)
         for mitra_id, seen in heartbeats.items()

@@ -15,7 +15,7 @@ from typing import Any
 from uuid import UUID
 
 from ..availability.beacon import get_beacon
-from ..availability.queries import find_pool
+from ..availability.queries import find_pool, stale_cutoff
 from ..clock import iso, parse_iso
 from ..concepts import open_session
 from ..context import Context
@@ -244,7 +244,7 @@ async def mitra_page(
     DatabaseUnavailable while Postgres is down (the list is Postgres' rows)."""
     settings = ctx.settings
     capacity = settings.mitra_max_concurrent_sessions
-    stale_before = now - timedelta(seconds=settings.heartbeat_stale_seconds)
+    stale_before = stale_cutoff(ctx, now)
     cursor = after or FIRST_ID
     derived = filter_ in DERIVED
     sql = PAGE_SQL.format(condition=CONDITIONS[filter_])
