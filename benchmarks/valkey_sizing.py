@@ -77,7 +77,7 @@ def main() -> None:
                     break
                 except valkey.ConnectionError:
                     time.sleep(0.05)
-            print("| prefix | online mitras | used_memory per mitra | RDB per mitra | per 10k online |")
+            print("| prefix | online | used_memory per mitra | RDB per mitra | per 10k online |")
             print("| --- | --- | --- | --- | --- |")
             for prefix in ("", "{hb}:"):
                 for n in (10_000, 100_000):
