@@ -375,3 +375,60 @@ def test_the_installed_command_reports_bad_configuration_on_stderr() -> None:
     assert proc.returncode == 1, proc
     assert "VALKEY_URL" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+# -- Valkey Sentinel (SPEC §8) ---------------------------------------------------------
+
+
+@pytest.fixture
+def sentinel_env(env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in ("VALKEY_SENTINELS", "VALKEY_SENTINEL_MASTER"):
+        env.delenv(name, raising=False)
+        env.delenv(name.lower(), raising=False)
+    return env
+
+
+def test_without_sentinels_valkey_url_names_the_server(sentinel_env: pytest.MonkeyPatch) -> None:
+    settings = load_settings()
+    assert settings.valkey_sentinels == ()
+    assert settings.valkey_sentinel_master == "mymaster"
+
+
+@pytest.mark.parametrize(
+    ("value", "addresses"),
+    [
+        ("s1:26379", (("s1", 26379),)),
+        (" s1:26379 , 10.0.0.2:26380,[::1]:5000 ",
+         (("s1", 26379), ("10.0.0.2", 26380), ("::1", 5000))),
+        ("", ()),
+    ],
+)  # fmt: skip
+def test_valkey_sentinels_is_a_comma_separated_list_of_host_port(
+    sentinel_env: pytest.MonkeyPatch, value: str, addresses: tuple[tuple[str, int], ...]
+) -> None:
+    sentinel_env.setenv("VALKEY_SENTINELS", value)
+    sentinel_env.setenv("VALKEY_SENTINEL_MASTER", "cache-primary")
+    settings = load_settings()
+    assert settings.valkey_sentinels == addresses
+    assert settings.valkey_sentinel_master == "cache-primary"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["s1", "s1:", ":26379", "s1:0", "s1:65536", "s1:port", "s1:26379,", "s1:26379,,s2:1",
+     "s1:-1", "s1:26 379", "s 1:26379", "redis://s1:26379"],
+)  # fmt: skip
+def test_bad_valkey_sentinels_are_refused_naming_the_variable(
+    sentinel_env: pytest.MonkeyPatch, value: str
+) -> None:
+    sentinel_env.setenv("VALKEY_SENTINELS", value)
+    refused("VALKEY_SENTINELS")
+
+
+@pytest.mark.parametrize("value", ["", "my master", "a/b", "x" * 65])
+def test_bad_valkey_sentinel_master_names_are_refused_naming_the_variable(
+    sentinel_env: pytest.MonkeyPatch, value: str
+) -> None:
+    sentinel_env.setenv("VALKEY_SENTINELS", "s1:26379")
+    sentinel_env.setenv("VALKEY_SENTINEL_MASTER", value)
+    refused("VALKEY_SENTINEL_MASTER")

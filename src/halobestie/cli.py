@@ -29,11 +29,13 @@ def _settings(factory: Callable[[], T]) -> T:
 
 
 def _migrate(dsn: str) -> None:
+    from asyncpg import TargetServerAttributeNotMatched
+
     from .migrate import run_migrations
 
     try:
         run_migrations(dsn)
-    except OSError as exc:
+    except (OSError, TargetServerAttributeNotMatched) as exc:  # down, or only standbys
         raise click.ClickException(
             f"cannot reach Postgres at {redact_url(dsn)} to migrate: {exc}"
         ) from None

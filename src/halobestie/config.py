@@ -23,6 +23,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from . import pghosts
+
 # Secrets that are fine on a laptop and fatal anywhere else.
 DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789abcdef"  # noqa: S105
 DEV_WEBHOOK_SECRET = "dev-only-webhook-secret-change-me"  # noqa: S105
@@ -63,6 +65,46 @@ WarningSeconds = Annotated[
 ]
 
 
+def parse_sentinels(value: object) -> object:
+    """VALKEY_SENTINELS as text: "s1:26379,s2:26379" -> [("s1", 26379), ("s2", 26379)];
+    "" -> [] (no Sentinels). IPv6 hosts in brackets: "[::1]:26379"."""
+    if not isinstance(value, str):
+        return value  # a tuple or list from code: checked by the field's type
+    addresses: list[tuple[str, int]] = []
+    for item in (i.strip() for i in value.split(",")) if value.strip() else ():
+        host, _, port = item.rpartition(":")
+        bracketed = host.startswith("[") and host.endswith("]")
+        host = host[1:-1] if bracketed else host
+        if (
+            not host
+            or any(c.isspace() or c in "/@[]" or (c == ":" and not bracketed) for c in host)
+            or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535)
+        ):
+            raise ValueError(
+                "must be a comma-separated list of host:port (e.g."
+                f" sentinel-1:26379,sentinel-2:26379), or empty for none; got {item!r}"
+            )
+        addresses.append((host, int(port)))
+    return addresses
+
+
+# NoDecode: the environment's "h:p,h:p" reaches the parser as text, not as JSON.
+SentinelAddresses = Annotated[
+    tuple[tuple[str, Annotated[int, Field(ge=1, le=65535)]], ...],
+    NoDecode,
+    BeforeValidator(parse_sentinels),
+]
+
+
+def hash_tag(prefix: str) -> str | None:
+    """The hash tag a key starting with `prefix` hashes on (Valkey Cluster: the text
+    between the first `{` and the next `}`, when not empty), or None when the prefix
+    does not fix one (then each key hashes whole, and keys spread over slots)."""
+    start = prefix.find("{")
+    end = prefix.find("}", start + 1) if start >= 0 else -1
+    return prefix[start + 1 : end] if end > start + 1 else None
+
+
 class DatabaseSettings(BaseSettings):
     """What `migrate` and `create-admin` need: only the database."""
 
@@ -78,20 +120,28 @@ class DatabaseSettings(BaseSettings):
             raise ValueError("DATABASE_URL must start with postgresql:// or postgres://")
         if not parts.path.strip("/"):
             raise ValueError("DATABASE_URL must name a database (postgresql://host/dbname)")
+        pghosts.check_database_url(value)  # several hosts (SPEC §8): each well formed
         return value
 
     @cached_property
     def asyncpg_dsn(self) -> str:
-        """asyncpg accepts both schemes; normalise for SQLAlchemy (alembic) too."""
-        if self.database_url.startswith("postgres://"):
-            return "postgresql://" + self.database_url[len("postgres://") :]
-        return self.database_url
+        """What every connection uses (pghosts.connect): the postgresql:// scheme, and
+        target_session_attrs=read-write when DATABASE_URL names several hosts."""
+        return pghosts.asyncpg_dsn(self.database_url)
 
 
 class Settings(DatabaseSettings):
     env: str = Field(default="production", alias="HALOBESTIE_ENV")
     valkey_url: str = Field(alias="VALKEY_URL")
     valkey_key_prefix: str = Field(default="", alias="VALKEY_KEY_PREFIX", max_length=64)
+    # SPEC §8: with Sentinels, they name the primary; VALKEY_URL keeps credentials, db, TLS.
+    valkey_sentinels: SentinelAddresses = Field(default=(), alias="VALKEY_SENTINELS")
+    valkey_sentinel_master: str = Field(
+        default="mymaster", alias="VALKEY_SENTINEL_MASTER", pattern=r"^[A-Za-z0-9._-]{1,64}$"
+    )
+    # SPEC §8: VALKEY_URL names a node of a Valkey Cluster; the prefix then holds a hash
+    # tag so that every key of the mirror shares one slot (valkey/cluster.py).
+    valkey_cluster: bool = Field(default=False, alias="VALKEY_CLUSTER")
     jwt_secret: str = Field(alias="JWT_SECRET", min_length=32)
     payment_webhook_secret: str = Field(alias="PAYMENT_WEBHOOK_SECRET", min_length=16)
 

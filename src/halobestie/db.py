@@ -32,6 +32,7 @@ from .errors import (
 )
 from .logs import get_logger
 from .metrics import Metrics
+from .pghosts import connect
 
 log = get_logger(__name__)
 Isolation = Literal["read_committed", "repeatable_read", "serializable"]
@@ -49,6 +50,11 @@ UNREACHABLE: tuple[type[Exception], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.IdleInTransactionSessionTimeoutError,
+    # Failover (pghosts.py): every host that answered is a standby (the gap before a
+    # promotion), or a connection opened earlier is now on a read-only server (25006, an
+    # old primary fenced read-only): both retryable, and the pool's connections expire.
+    asyncpg.TargetServerAttributeNotMatched,
+    asyncpg.ReadOnlySQLTransactionError,
 )
 # asyncpg's refusal to encode a query argument (a str with a lone surrogate, a value of
 # the wrong type): the caller's input, not an outage. It subclasses InterfaceError, so
@@ -150,6 +156,8 @@ class Database:
             self._dsn,
             min_size=1,
             max_size=self._pool_size,
+            # Several hosts in DATABASE_URL: each new connection finds the writable one.
+            connect=connect,
             timeout=self._timeout,
             command_timeout=self._timeout,
             # Reset state cheaply; sessions here never leave temp objects behind.

@@ -24,6 +24,7 @@ from .stalls import StallReaper
 from .timers import HANDLERS, Handler, TimerKind, TimerRunner, restore_timers
 from .valkey.keys import Keys
 from .valkey.mirror import Mirror
+from .valkey.topology import endpoint as valkey_endpoint
 
 log = get_logger(__name__)
 
@@ -45,7 +46,7 @@ class Runtime:
         metrics = Metrics()
         keys = Keys(settings.valkey_key_prefix)
         mirror = Mirror(
-            settings.valkey_client_url,
+            valkey_endpoint(settings),
             metrics,
             operation_timeout=settings.valkey_operation_timeout_seconds,
             probe_interval=settings.valkey_probe_interval_seconds,

@@ -40,6 +40,7 @@ import asyncpg
 from .db import APPLICATION_NAME_PREFIX, UNREACHABLE, application_name
 from .logs import get_logger
 from .metrics import Metrics
+from .pghosts import connect
 
 log = get_logger(__name__)
 
@@ -142,7 +143,7 @@ class StallReaper:
         while not self._stopping:
             conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncpg.connect(
+                conn = await connect(
                     self._dsn,
                     timeout=self._timeout,
                     server_settings={"application_name": application_name("reaper")},

@@ -40,6 +40,7 @@ from .context import Context, Slot
 from .db import BOUND_REACHED, UNREACHABLE
 from .errors import ServiceUnavailable
 from .logs import get_logger
+from .pghosts import connect
 
 log = get_logger(__name__)
 
@@ -233,7 +234,7 @@ class TimerRunner:
         while not self._stopping:
             conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncpg.connect(self.ctx.settings.asyncpg_dsn, timeout=timeout)
+                conn = await connect(self.ctx.settings.asyncpg_dsn, timeout=timeout)
                 self._listen_closed = closed = asyncio.Event()
                 if self._stopping:
                     break

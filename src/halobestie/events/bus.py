@@ -29,14 +29,14 @@ from collections.abc import Iterable
 from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
-import valkey.asyncio as valkey_async
-
 from ..context import Context, Slot
 from ..logs import get_logger
 from ..metrics import Metrics
 from ..valkey.breaker import Breaker
 from ..valkey.client import VALKEY_FAILURES, connect
 from ..valkey.keys import Keys
+from ..valkey.topology import ValkeyEndpoint
+from ..valkey.topology import endpoint as valkey_endpoint
 
 log = get_logger(__name__)
 
@@ -76,7 +76,7 @@ class EventBus:
         self,
         metrics: Metrics,
         keys: Keys,
-        url: str,
+        url: str | ValkeyEndpoint,
         *,
         publish_timeout: float,
         retry_after: float,
@@ -232,13 +232,10 @@ class EventBus:
             backoff = min(backoff * 2, BACKOFF_MAX)
 
     async def _subscribe_once(self) -> None:
-        client = valkey_async.Valkey.from_url(
-            self._url,
-            decode_responses=True,
-            socket_connect_timeout=self._operation_timeout,
-            socket_timeout=None,  # reads wait for messages; liveness is our PING
-            health_check_interval=0,
-        )
+        # Reads wait for messages (liveness is our PING); no quick retry: a lost link is
+        # this loop's to notice, count and resubscribe.
+        timeout = self._operation_timeout
+        client = connect(self._url, operation_timeout=timeout, per_read_timeout=False, retry=False)
         pubsub = client.pubsub()
         try:
             # asyncio.timeout throughout, never wait_for: on 3.11 wait_for can swallow
@@ -309,7 +306,7 @@ def _build(ctx: Context) -> EventBus:
     return EventBus(
         ctx.metrics,
         ctx.keys,
-        settings.valkey_client_url,
+        valkey_endpoint(settings),
         publish_timeout=settings.valkey_operation_timeout_seconds,
         retry_after=settings.valkey_probe_interval_seconds,
         operation_timeout=max(settings.valkey_operation_timeout_seconds, 1.0),

@@ -8,6 +8,8 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from halobestie.pghosts import connect
+
 config = context.config
 
 
@@ -18,12 +20,18 @@ def _run(connection: Connection) -> None:
 
 
 async def _main() -> None:
-    url = config.attributes["sqlalchemy_url"]
-    engine = create_async_engine(url)
+    dsn = config.attributes["asyncpg_dsn"]
+    timeout = config.attributes["connect_timeout"]
+    # asyncpg parses the DSN, as for the app's pool: one or several hosts, the writable one.
+    engine = create_async_engine(
+        "postgresql+asyncpg://", async_creator=lambda: connect(dsn, timeout=timeout)
+    )
     try:
         async with engine.connect() as connection:
             # Two instances migrating at once: the advisory lock makes the second wait
-            # and then find nothing to do, instead of failing on a duplicate table.
+            # and then find nothing to do, instead of failing on a duplicate table. A
+            # session-level lock in separate statements: the CLI migrates through
+            # DATABASE_DIRECT_URL, never through a pooler in transaction mode.
             await connection.exec_driver_sql("SELECT pg_advisory_lock(727272)")
             await connection.run_sync(_run)
             await connection.commit()

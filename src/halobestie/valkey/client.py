@@ -23,6 +23,8 @@ from valkey.exceptions import ValkeyError
 from valkey.retry import Retry
 from valkey.utils import LIBVALKEY_AVAILABLE
 
+from .topology import ValkeyEndpoint, sentinel_client
+
 # valkey-py shares its command stubs between the sync and asyncio clients, so every
 # async command is typed `Awaitable[T] | T`; typing the client as Any at this one
 # boundary is cheaper than a cast at every call site.
@@ -53,27 +55,38 @@ def _pack_in_c(client: valkey_async.Valkey) -> None:
 
 
 def connect(
-    url: str,
+    target: str | ValkeyEndpoint,
     *,
     operation_timeout: float,
     per_read_timeout: bool = True,
     on_connect: Callable[[Connection], Awaitable[None]] | None = None,
+    retry: bool = True,
 ) -> valkey_async.Valkey:
-    """A pooled client (no connection is made yet). `operation_timeout` bounds connecting
-    and, with `per_read_timeout`, every reply (off for the auto-pipeline, which times a
-    whole batch); `on_connect` runs on every new connection (the mirror learns which
-    server lifetime it talks to)."""
-    client: valkey_async.Valkey = valkey_async.Valkey.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=operation_timeout if per_read_timeout else None,
-        socket_connect_timeout=operation_timeout,
-        # One quick retry absorbs a single dropped connection; a restart is still
-        # noticed because every new connection reports the server's run_id.
-        retry=Retry(NoBackoff(), 1),
-        retry_on_error=[ValkeyConnectionError, ValkeyTimeoutError],
-        valkey_connect_func=on_connect,
-        health_check_interval=0,
-    )
+    """A pooled client (no connection is made yet) of `target`: a redis(s):// URL, or an
+    endpoint (topology.py: a URL, or the primary named by Sentinels). Every Valkey client
+    of the app is made here. `operation_timeout` bounds connecting (and asking a
+    Sentinel) and, with `per_read_timeout`, every reply (off for the auto-pipeline, which
+    times a whole batch, and the pub/sub subscriber); `on_connect` runs on every new
+    connection (the mirror learns which server lifetime it talks to); `retry` False: no
+    quick retry (the subscriber, which reconnects and resubscribes by itself)."""
+    if isinstance(target, str):
+        target = ValkeyEndpoint(target)
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_timeout": operation_timeout if per_read_timeout else None,
+        "socket_connect_timeout": operation_timeout,
+        "valkey_connect_func": on_connect,
+        "health_check_interval": 0,
+    }
+    if retry:
+        # One quick retry absorbs a single dropped connection; a restart (or a failover)
+        # is still noticed because every new connection reports the server's run_id.
+        options["retry"] = Retry(NoBackoff(), 1)
+        options["retry_on_error"] = [ValkeyConnectionError, ValkeyTimeoutError]
+    client: valkey_async.Valkey
+    if target.sentinels:
+        client = sentinel_client(target, options, operation_timeout)
+    else:
+        client = valkey_async.Valkey.from_url(target.url, **options)
     _pack_in_c(client)  # before the first connection is made
     return client

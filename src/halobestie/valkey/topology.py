@@ -1,0 +1,76 @@
+"""Where the app's Valkey is: one server named by `VALKEY_URL`, or the primary that a set
+of Sentinels names (SPEC §8). `client.connect` builds every Valkey client of the app from
+a `ValkeyEndpoint`, so the mirror, the auto-pipeline and the event bus all follow a
+failover the same way.
+
+With Sentinels, each new connection first asks a Sentinel where the primary is (one
+round trip, `SENTINEL MASTERS`, to the first Sentinel that answers; only on connect,
+pooled connections are reused), then connects there. During a failover the Sentinels
+name the dead primary until they agree it is down, then none (valkey-py raises
+MasterNotFoundError, a ConnectionError), then the promoted replica: to the engine, the
+same outage and comeback as a restarted Valkey, and the new server's `run_id` makes the
+mirror reseed before it is trusted again (mirror.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from valkey.asyncio import Valkey
+from valkey.asyncio.connection import SSLConnection, parse_url
+from valkey.asyncio.sentinel import Sentinel
+
+from ..config import Settings
+
+
+@dataclass(frozen=True)
+class ValkeyEndpoint:
+    """`url`: a redis(s):// URL. With `sentinels` ((host, port) pairs), its host and port
+    are ignored and the primary is the one the Sentinels call `sentinel_master`; the URL
+    still gives the credentials, the database and TLS (rediss://) for the primary."""
+
+    url: str
+    sentinels: tuple[tuple[str, int], ...] = ()
+    sentinel_master: str = "mymaster"
+    # VALKEY_CLUSTER: `url` names a node of a Valkey Cluster (cluster.py).
+    cluster: bool = False
+
+
+def endpoint(settings: Settings) -> ValkeyEndpoint:
+    """The app's Valkey as configured (VALKEY_URL, VALKEY_SENTINELS, VALKEY_SENTINEL_MASTER)."""
+    return ValkeyEndpoint(
+        url=settings.valkey_client_url,
+        sentinels=settings.valkey_sentinels,
+        sentinel_master=settings.valkey_sentinel_master,
+        cluster=settings.valkey_cluster,
+    )
+
+
+class _SentinelManagedValkey(Valkey):
+    """A primary's client that also closes its Sentinel clients when closed."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        pool: Any = self.connection_pool  # a SentinelConnectionPool (master_for)
+        for sentinel in pool.sentinel_manager.sentinels:
+            await sentinel.aclose()
+
+
+def sentinel_client(target: ValkeyEndpoint, options: dict[str, Any], timeout: float) -> Any:
+    """A pooled client of the Sentinels' primary; `options` are the connection options a
+    plain client would get (`client.connect`). The Sentinels are asked with `timeout` as
+    connect and reply timeout, over plain TCP and without credentials (valkey-py's
+    default: the URL's password is the primary's)."""
+    kwargs: dict[str, Any] = dict(parse_url(target.url))
+    kwargs.pop("host", None)
+    kwargs.pop("port", None)
+    if kwargs.pop("connection_class", None) is SSLConnection:
+        kwargs["ssl"] = True  # SentinelConnectionPool picks its TLS connection class
+    kwargs.update(options)
+    sentinels = Sentinel(  # type: ignore[no-untyped-call]
+        list(target.sentinels),
+        sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+        **kwargs,
+    )
+    return sentinels.master_for(target.sentinel_master, valkey_class=_SentinelManagedValkey)
