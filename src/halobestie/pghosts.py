@@ -130,14 +130,20 @@ def asyncpg_dsn(url: str) -> str:
 _last_good: dict[str, Host] = {}
 
 
-async def connect(dsn: str, *, timeout: float, **kwargs: Any) -> Any:
+# asyncpg.connect's signature (timeout included): asyncpg's pool calls it so.
+async def connect(
+    dsn: str | None = None,
+    *,
+    timeout: float = 60.0,  # noqa: ASYNC109
+    **kwargs: Any,
+) -> Any:
     """asyncpg.connect for a DSN of one or several hosts (keyword arguments pass through:
     server_settings, command_timeout, and what asyncpg's pool adds). With several hosts,
     each is tried in turn for `timeout` / their number seconds, the last good one first.
     Raises what the last host raised: OSError, TimeoutError, asyncpg's connection errors,
     or asyncpg.TargetServerAttributeNotMatched (every host that answered is a standby)."""
-    hosts = hosts_of(dsn)
-    if len(hosts) < 2:
+    hosts = hosts_of(dsn) if dsn else []
+    if dsn is None or len(hosts) < 2:
         return await asyncpg.connect(dsn, timeout=timeout, **kwargs)
     first = _last_good.get(dsn)
     order = ([first] if first in hosts else []) + [h for h in hosts if h != first]
@@ -159,5 +165,5 @@ async def connect(dsn: str, *, timeout: float, **kwargs: Any) -> Any:
             continue
         _last_good[dsn] = host
         return conn
-    assert error is not None  # noqa: S101 - order is never empty here
+    assert error is not None  # order is never empty here
     raise error

@@ -33,8 +33,6 @@ class ValkeyEndpoint:
     url: str
     sentinels: tuple[tuple[str, int], ...] = ()
     sentinel_master: str = "mymaster"
-    # VALKEY_CLUSTER: `url` names a node of a Valkey Cluster (cluster.py).
-    cluster: bool = False
 
 
 def endpoint(settings: Settings) -> ValkeyEndpoint:
