@@ -432,3 +432,53 @@ def test_bad_valkey_sentinel_master_names_are_refused_naming_the_variable(
     sentinel_env.setenv("VALKEY_SENTINELS", "s1:26379")
     sentinel_env.setenv("VALKEY_SENTINEL_MASTER", value)
     refused("VALKEY_SENTINEL_MASTER")
+
+
+# -- behind PgBouncer (SPEC §8) ---------------------------------------------------------
+
+
+@pytest.fixture
+def pooler_env(env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in ("DATABASE_DIRECT_URL", "DATABASE_STATEMENT_CACHE_SIZE"):
+        env.delenv(name, raising=False)
+        env.delenv(name.lower(), raising=False)
+    return env
+
+
+def test_without_a_direct_url_every_connection_uses_database_url(
+    pooler_env: pytest.MonkeyPatch,
+) -> None:
+    settings = load_settings()
+    assert settings.database_statement_cache_size == 100
+    assert settings.database_direct_url is None
+    assert settings.direct_dsn == settings.asyncpg_dsn and not settings.database_pooled
+
+
+def test_a_direct_url_beside_a_pooled_one_marks_database_url_as_pooled(
+    pooler_env: pytest.MonkeyPatch,
+) -> None:
+    pooler_env.setenv("DATABASE_URL", "postgresql://app:pw@pgbouncer:6432/halobestie")
+    pooler_env.setenv("DATABASE_DIRECT_URL", "postgres://app:pw@db.internal:5432/halobestie")
+    pooler_env.setenv("DATABASE_STATEMENT_CACHE_SIZE", "0")
+    settings = load_settings()
+    assert settings.database_statement_cache_size == 0
+    assert settings.direct_dsn == "postgresql://app:pw@db.internal:5432/halobestie"
+    assert settings.database_pooled
+
+
+@pytest.mark.parametrize(
+    "value", ["mysql://db/halobestie", "postgresql://db", "postgresql://db/", "db:5432/x"]
+)
+def test_bad_direct_urls_are_refused_naming_the_variable(
+    pooler_env: pytest.MonkeyPatch, value: str
+) -> None:
+    pooler_env.setenv("DATABASE_DIRECT_URL", value)
+    refused("DATABASE_DIRECT_URL")
+
+
+@pytest.mark.parametrize("value", ["-1", "10001", "lots", "1.5"])
+def test_bad_statement_cache_sizes_are_refused_naming_the_variable(
+    pooler_env: pytest.MonkeyPatch, value: str
+) -> None:
+    pooler_env.setenv("DATABASE_STATEMENT_CACHE_SIZE", value)
+    refused("DATABASE_STATEMENT_CACHE_SIZE")

@@ -93,7 +93,7 @@ def main() -> None:
 def serve(host: str, port: int) -> None:
     """Serve the API against DATABASE_URL / VALKEY_URL, migrating the schema first."""
     settings = _settings(load_settings)
-    _migrate(settings.asyncpg_dsn)
+    _migrate(settings.direct_dsn)
     _serve(settings, host, port)
 
 
@@ -101,7 +101,7 @@ def serve(host: str, port: int) -> None:
 def migrate() -> None:
     """Apply database migrations (DATABASE_URL)."""
     settings = _settings(lambda: DatabaseSettings())  # type: ignore[call-arg]
-    _migrate(settings.asyncpg_dsn)
+    _migrate(settings.direct_dsn)
     click.echo("migrations applied")
 
 
@@ -115,12 +115,12 @@ def create_admin(email: str, password: str) -> None:
     if len(email) > 254 or "@" not in email:
         raise click.BadParameter("must be an email address", param_hint="--email")
     settings = _settings(lambda: DatabaseSettings())  # type: ignore[call-arg]
-    _migrate(settings.asyncpg_dsn)
+    _migrate(settings.direct_dsn)
     from .demo import ensure_admin
     from .errors import EmailTaken
 
     try:
-        created = asyncio.run(ensure_admin(settings.asyncpg_dsn, email, password))
+        created = asyncio.run(ensure_admin(settings.direct_dsn, email, password))
     except EmailTaken as exc:  # the email belongs to a customer or mitra: never promote it
         raise click.ClickException(exc.detail) from None
     click.echo(f"admin {email} {'created' if created else 'already existed; password updated'}")
@@ -188,7 +188,7 @@ def dev(
         env.update({k: v for k, v in DEMO_TIMINGS.items() if k not in os.environ})
     try:
         settings = _settings(lambda: load_settings(**env))
-        _migrate(settings.asyncpg_dsn)
+        _migrate(settings.direct_dsn)
         asyncio.run(seed_demo(settings.asyncpg_dsn))
         base = f"http://{host}:{port}"
         click.echo(

@@ -161,6 +161,10 @@ class Settings(DatabaseSettings):
         default=10, alias="AVAILABILITY_SNAPSHOT_TTL_SECONDS"
     )
     mitra_max_concurrent_sessions: PositiveInt = Field(
+    # A connection that bypasses a pooler in front of DATABASE_URL (PgBouncer in transaction
+    # mode) for what needs a server session of its own: LISTEN, the seed's advisory lock,
+    # the stall reaper, migrations (docs/subsystems/failures.md, "PgBouncer").
+    database_direct_url: str | None = Field(default=None, alias="DATABASE_DIRECT_URL")
         default=1, alias="MITRA_MAX_CONCURRENT_SESSIONS"
     )
     pairing_fanout: PositiveInt = Field(default=5, alias="PAIRING_FANOUT")
@@ -179,6 +183,31 @@ class Settings(DatabaseSettings):
     )
     valkey_online_mirror_sweep_seconds: Seconds = Field(
         default=300, alias="VALKEY_ONLINE_MIRROR_SWEEP_SECONDS"
+    @field_validator("database_direct_url")
+    @classmethod
+    def _check_database_direct_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if urlsplit(value).scheme not in ("postgresql", "postgres"):
+            raise ValueError("DATABASE_DIRECT_URL must start with postgresql:// or postgres://")
+        if not urlsplit(value).path.strip("/"):
+            raise ValueError("DATABASE_DIRECT_URL must name a database (postgresql://host/dbname)")
+        pghosts.check_database_url(value)
+        return value
+
+    @cached_property
+    def direct_dsn(self) -> str:
+        """DATABASE_DIRECT_URL normalised like `asyncpg_dsn`; `asyncpg_dsn` when unset."""
+        if self.database_direct_url is None:
+            return self.asyncpg_dsn
+        return pghosts.asyncpg_dsn(self.database_direct_url)
+
+    @property
+    def database_pooled(self) -> bool:
+        """DATABASE_URL goes through a transaction pooler: a distinct direct URL says so
+        (db.Database then sends no session settings through the pooler)."""
+        return self.direct_dsn != self.asyncpg_dsn
+
     )
 
     # Valkey timeouts are short on purpose: a slow mirror is worse than the Postgres
@@ -248,6 +277,12 @@ class Settings(DatabaseSettings):
                     f"{name} is the development default; set a real secret "
                     "(or HALOBESTIE_ENV=dev on a laptop)"
                 )
+    # asyncpg's prepared-statement cache per connection; 0 behind PgBouncer in transaction
+    # mode before 1.21 (a named statement prepared on one server connection is unknown on
+    # the next: "prepared statement ... does not exist").
+    database_statement_cache_size: NonNegativeInt = Field(
+        default=100, alias="DATABASE_STATEMENT_CACHE_SIZE", le=10_000
+    )
         return self
 
     @model_validator(mode="after")

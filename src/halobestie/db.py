@@ -86,14 +86,32 @@ class Bounds:
     lock: float
     idle_in_transaction: float
 
-    def server_settings(self) -> dict[str, str]:
+    def server_settings(self, *, pooled: bool = False) -> dict[str, str]:
         """Sent at connect; asyncpg's RESET ALL on release keeps them (they are the
-        session's defaults), so a `SET` for one long job ends with its checkout."""
+        session's defaults), so a `SET` for one long job ends with its checkout.
+
+        `pooled` (through PgBouncer in transaction mode): application_name alone, which
+        PgBouncer tracks per client and sets on whichever server connection runs the
+        transaction. It refuses the others at connect ("unsupported startup parameter"),
+        and could not keep them per client anyway: behind it the bounds come from the
+        role's settings (`pooled_bounds_sql`, checked at open)."""
+        bounds = {} if pooled else self.settings_ms()
+        return {**bounds, "application_name": application_name()}
+
+    def pooled_bounds_sql(self, role: str = "<app role>") -> str:
+        """What an operator runs once behind a transaction pooler, so that every server
+        connection enforces these bounds (they then apply to the role's sessions)."""
+        return " ".join(
+            f"ALTER ROLE {role} SET {name} = '{value}ms';"
+            for name, value in self.settings_ms().items()
+        )
+
+    def settings_ms(self) -> dict[str, str]:
+        """The three bounds as Postgres settings, in milliseconds."""
         return {
             "statement_timeout": _ms(self.statement),
             "lock_timeout": _ms(self.lock),
             "idle_in_transaction_session_timeout": _ms(self.idle_in_transaction),
-            "application_name": application_name(),
         }
 
 
@@ -126,6 +144,13 @@ def bound_reached(exc: Exception) -> DomainError:
     return StatementTimeout("the database did not finish this in time; try again shortly")
 
 
+# Behind a transaction pooler, the direct connections each instance keeps for `direct()`
+# (the seed and the drift report: serialised by the seed lock, so two are plenty); plus
+# the timer runner's LISTEN and the stall reaper, each one connection of its own.
+DIRECT_POOL_SIZE = 2
+POOLED_BOUNDS_SQL = "SELECT name, setting FROM pg_settings WHERE name = ANY($1::text[])"
+
+
 class Database:
     def __init__(
         self,
@@ -135,8 +160,25 @@ class Database:
         timeout: float,
         bounds: Bounds | None = None,
         metrics: Metrics | None = None,
+        statement_cache_size: int = 100,
+        direct_dsn: str | None = None,
     ) -> None:
+        """`direct_dsn` (DATABASE_DIRECT_URL), when it differs from `dsn`: `dsn` goes
+        through a transaction pooler (PgBouncer), and `direct()` checks connections out of
+        a small pool of its own on `direct_dsn`, for session-level advisory locks."""
         self._dsn = dsn
+        self._statement_cache_size = statement_cache_size
+        self._pooled = direct_dsn is not None and direct_dsn != dsn
+        self._direct: Database | None = None
+        if self._pooled and direct_dsn is not None:
+            self._direct = Database(
+                direct_dsn,
+                pool_size=DIRECT_POOL_SIZE,
+                timeout=timeout,
+                bounds=bounds,
+                metrics=metrics,
+                statement_cache_size=statement_cache_size,
+            )
         self._pool_size = pool_size
         self._timeout = timeout
         self._bounds = bounds
@@ -162,10 +204,42 @@ class Database:
             command_timeout=self._timeout,
             # Reset state cheaply; sessions here never leave temp objects behind.
             max_inactive_connection_lifetime=60,
-            server_settings=self._bounds.server_settings() if self._bounds else None,
+            server_settings=(
+                self._bounds.server_settings(pooled=self._pooled) if self._bounds else None
+            ),
+            statement_cache_size=self._statement_cache_size,
         )
+        if self._direct is not None:
+            try:
+                await self._direct.open()
+                await self._check_pooled_bounds()
+            except BaseException:
+                await self.close()
+                raise
+
+    async def _check_pooled_bounds(self) -> None:
+        """Behind a pooler the bounds are the role's settings: warn, naming the fix, when
+        the server connections do not enforce the configured ones (a stalled holder would
+        then keep its locks, and slow statements would surface as the client's timeout)."""
+        if self._bounds is None:
+            return
+        want = self._bounds.settings_ms()
+        async with self.connection() as conn:
+            rows = await conn.fetch(POOLED_BOUNDS_SQL, list(want))
+            role = await conn.fetchval("SELECT current_user")
+        have = {row["name"]: row["setting"] for row in rows}
+        if have != want:
+            log.warning(
+                "postgres_bounds_not_enforced",
+                detail="behind a pooler the bounds are the role's settings; run once:",
+                fix=self._bounds.pooled_bounds_sql(role),
+                want=want,
+                have=have,
+            )
 
     async def close(self) -> None:
+        if self._direct is not None:
+            await self._direct.close()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -218,6 +292,16 @@ class Database:
                 self._metrics.db_pool_exhausted.inc()
             log.warning("postgres_pool_exhausted", pool_size=self._pool_size)
             raise Overloaded("every database connection stayed busy; try again shortly") from None
+
+    @asynccontextmanager
+    async def direct(self) -> AsyncIterator[Any]:
+        """A connection whose server session is this caller's for the whole checkout,
+        for session-level advisory locks held across awaits (the seed lock): from the
+        direct pool when `dsn` goes through a transaction pooler, else a pooled
+        connection. Raises as `connection`."""
+        source = self._direct if self._direct is not None else self
+        async with source.connection() as conn:
+            yield conn
 
     @asynccontextmanager
     async def transaction(self, isolation: Isolation = "read_committed") -> AsyncIterator[Any]:

@@ -67,6 +67,8 @@ class Runtime:
             ),
             mirror=mirror,
             keys=keys,
+                statement_cache_size=settings.database_statement_cache_size,
+                direct_dsn=settings.direct_dsn,
             metrics=metrics,
             clock=clock or SystemClock(),
         )
@@ -79,7 +81,7 @@ class Runtime:
         self.logins = LoginWatch(self.ctx)
         self.timers = TimerRunner(self.ctx)
         self.reaper = StallReaper(
-            settings.asyncpg_dsn,
+            settings.direct_dsn,  # it must see and end server sessions, not a pooler's
             metrics,
             mid_statement=settings.idle_in_transaction_bound,
             idle_holding=settings.database_timeout_seconds,

@@ -7,11 +7,13 @@ a paused VM, a debugger) between two statements of a transaction. Two stalls esc
   Bind/Execute/Sync only once Postgres answered; a process frozen in between leaves its
   backend `active`, reading from its client, with the transaction's locks held and no
   timeout running (statement_timeout does not fire while a backend waits for its client);
-* between transactions, holding session-level advisory locks (the mirror writers' and the
-  seed's, the sweeps' try-locks: availability/locks.py): `idle`, with no bound at all.
+* between transactions, holding a session-level advisory lock (the seed's, on a direct
+  connection: availability/locks.py; the mirror writers' and the sweeps' locks are
+  transaction-level, so the first bound covers them): `idle`, with no bound at all.
 
 So every instance that runs sweeps or timers looks, every `interval` seconds, on a
-connection of its own (the pool may be stuck behind those very locks), for backends of
+connection of its own (the pool may be stuck behind those very locks; on
+DATABASE_DIRECT_URL, since it must see and end server sessions), for backends of
 the app (application_name `halobestie pid=...`, db.application_name) stalled in either
 way, and terminates them (pg_terminate_backend, which a role may do to its own backends).
 The stalled process finds its connection closed when it thaws (DatabaseUnavailable,

@@ -234,7 +234,9 @@ class TimerRunner:
         while not self._stopping:
             conn: asyncpg.Connection | None = None
             try:
-                conn = await connect(self.ctx.settings.asyncpg_dsn, timeout=timeout)
+                # DATABASE_DIRECT_URL: LISTEN needs a server session of its own, which a
+                # pooler in transaction mode would hand to other clients between statements.
+                conn = await connect(self.ctx.settings.direct_dsn, timeout=timeout)
                 self._listen_closed = closed = asyncio.Event()
                 if self._stopping:
                     break

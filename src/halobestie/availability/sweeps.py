@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from ..aftercommit import run_after_commit
@@ -45,18 +46,19 @@ async def _online_heartbeats(ctx: Context, client: Client) -> dict[str, str | No
 
 
 async def _with_try_lock(
-    ctx: Context, lock: int, work: Callable[[], Awaitable[int]]
+    ctx: Context, lock: int, work: Callable[[Any], Awaitable[int]]
 ) -> SweepResult:
-    async with ctx.db.connection() as conn:
+    """`work(conn)` in one transaction that holds the sweep's try-lock, so an instance
+    running the sweep at the same moment skips it. Transaction-level, taken and released
+    with the work's own statements: safe through a pooler in transaction mode (locks.py),
+    and nothing to unlock when the connection dies."""
+    async with ctx.db.transaction() as conn:
         got = await conn.fetchval(
-            "SELECT pg_try_advisory_lock($1::int, $2::int)", locks.NAMESPACE, lock
+            "SELECT pg_try_advisory_xact_lock($1::int, $2::int)", locks.NAMESPACE, lock
         )
         if not got:
             return SweepResult(False, reason="another instance is running this sweep")
-        try:
-            return SweepResult(True, await work())
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock($1::int, $2::int)", locks.NAMESPACE, lock)
+        return SweepResult(True, await work(conn))
 
 
 OFFLINE_SQL = """
@@ -86,18 +88,20 @@ async def run_auto_offline(ctx: Context, now: datetime) -> SweepResult:
     if not stale:
         return SweepResult(True, 0)
 
-    async def work() -> int:
+    offlined: list[UUID] = []
+
+    async def work(conn: Any) -> int:
         # The Postgres condition re-checks staleness: a mitra who went online again
         # since our Valkey read has a fresh last_heartbeat_at and is left alone.
-        async with ctx.db.connection() as conn:
-            rows = await conn.fetch(OFFLINE_SQL, stale, cutoff, now)
-        offlined = [r["id"] for r in rows]
-        await run_after_commit(ctx, [mirror_mitras(ctx, offlined)])
-        if offlined:
-            log.info("auto_offline", count=len(offlined))
-        return len(offlined)
+        rows = await conn.fetch(OFFLINE_SQL, stale, cutoff, now)
+        offlined.extend(r["id"] for r in rows)
+        return len(rows)
 
-    return await _with_try_lock(ctx, locks.AUTO_OFFLINE, work)
+    result = await _with_try_lock(ctx, locks.AUTO_OFFLINE, work)
+    if offlined:  # committed: mirror them (after the commit, outside the try-lock)
+        await run_after_commit(ctx, [mirror_mitras(ctx, offlined)])
+        log.info("auto_offline", count=len(offlined))
+    return result
 
 
 WRITEBACK_SQL = """
@@ -118,9 +122,8 @@ async def run_heartbeat_writeback(ctx: Context, now: datetime) -> SweepResult:
     if not pairs:
         return SweepResult(True, 0)
 
-    async def work() -> int:
-        async with ctx.db.connection() as conn:
-            status = await conn.execute(WRITEBACK_SQL, [p[0] for p in pairs], [p[1] for p in pairs])
+    async def work(conn: Any) -> int:
+        status = await conn.execute(WRITEBACK_SQL, [p[0] for p in pairs], [p[1] for p in pairs])
         return int(status.split()[-1])
 
     return await _with_try_lock(ctx, locks.HEARTBEAT_WRITEBACK, work)

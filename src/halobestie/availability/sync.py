@@ -5,7 +5,8 @@ It never applies a delta: it locks the mitras (see `locks.py`), reads their comm
 state and capacity, and writes that whole state in one Lua call per mitra. Two writers
 toggling the same mitra therefore leave Valkey equal to Postgres, whatever the order in
 which their Valkey writes would otherwise have landed. Cost: three short Postgres
-statements per write, on paths that are not hot (toggles, session transitions).
+statements and a commit per write, on paths that are not hot (toggles, session
+transitions).
 """
 
 from __future__ import annotations
@@ -45,13 +46,14 @@ async def sync_mitras(ctx: Context, mitra_ids: Sequence[UUID]) -> bool:
             ctx.metrics.valkey_errors.labels(operation="sync_mitras_skipped").inc()
         return False
     ids = list(mitra_ids)
-    async with ctx.db.connection() as conn:
+    # Transaction-level locks, released by the commit (or by Postgres when the connection
+    # dies): safe through a pooler in transaction mode, and a stalled writer is cut by
+    # the idle-in-transaction bound. The transaction waits on Valkey once, for at most
+    # VALKEY_OPERATION_TIMEOUT_SECONDS (below that bound).
+    async with ctx.db.transaction() as conn:
         await conn.execute(locks.LOCK_MITRAS, locks.NAMESPACE, locks.SEED, ids)
-        try:
-            rows = await conn.fetch(STATE_SQL, ids)
-            return await ctx.mirror.write("sync_mitras", lambda _: _apply(ctx, rows))
-        finally:
-            await conn.execute(locks.UNLOCK_MITRAS, locks.NAMESPACE, locks.SEED, ids)
+        rows = await conn.fetch(STATE_SQL, ids)
+        return await ctx.mirror.write("sync_mitras", lambda _: _apply(ctx, rows))
 
 
 def mirror_mitras(ctx: Context, mitra_ids: Sequence[UUID]) -> AfterCommit:

@@ -73,7 +73,10 @@ async def read_truth(conn: Any, max_sessions: int) -> MirrorState:
 
 @asynccontextmanager
 async def locked_truth(ctx: Context) -> AsyncIterator[MirrorState]:
-    async with ctx.db.connection() as conn:
+    # A session-level lock, held across the caller's Valkey writes (seconds at 100k
+    # mitras: longer than the idle-in-transaction bound allows a transaction to wait), so
+    # on a connection whose server session stays ours: `direct()` (DATABASE_DIRECT_URL).
+    async with ctx.db.direct() as conn:
         await conn.execute("SELECT pg_advisory_lock($1::int, $2::int)", locks.NAMESPACE, locks.SEED)
         try:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
