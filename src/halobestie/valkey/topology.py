@@ -41,7 +41,6 @@ def endpoint(settings: Settings) -> ValkeyEndpoint:
         url=settings.valkey_client_url,
         sentinels=settings.valkey_sentinels,
         sentinel_master=settings.valkey_sentinel_master,
-        cluster=settings.valkey_cluster,
     )
 
 
