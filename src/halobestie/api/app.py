@@ -14,6 +14,7 @@ from ..console.feed import AdminFeed
 from ..logs import configure_logging
 from ..runtime import Runtime
 from . import ws
+from .cors import Cors
 from .errors import install_error_handlers
 from .hotpath import HotPath
 from .limits import BodyLimitMiddleware
@@ -25,10 +26,15 @@ class HalobestieApp(FastAPI):
     """FastAPI, with the hot path answered before the middleware stack (hotpath.py)."""
 
     hotpath: HotPath
+    # The hot path behind CORS when CORS_ALLOWED_ORIGINS names origins (cors.py).
+    hotpath_cors: Cors | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.hotpath.handles(scope):
-            await self.hotpath(scope, send)
+            if self.hotpath_cors is None:
+                await self.hotpath(scope, send)
+            else:
+                await self.hotpath_cors(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
 
@@ -69,4 +75,13 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     install_error_handlers(app)
     install_docs(app)
     app.add_middleware(BodyLimitMiddleware)
+    if settings.cors_allowed_origins:  # outermost: refusals (413, 405) carry CORS too
+        origins = settings.cors_allowed_origins
+        app.add_middleware(Cors, origins=origins)
+        hotpath = app.hotpath
+
+        async def hot(scope: Scope, receive: Receive, send: Send) -> None:
+            await hotpath(scope, send)
+
+        app.hotpath_cors = Cors(hot, origins)
     return app

