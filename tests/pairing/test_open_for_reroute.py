@@ -13,6 +13,7 @@ import pytest
 from halobestie.aftercommit import run_after_commit
 from halobestie.errors import NoMitraAvailable
 from halobestie.pairing.actions import open_pairing_request
+from halobestie.pairing.models import OfferedRequest
 from tests.conftest import Instance
 from tests.factories import Person, make_chat_session, make_user
 
@@ -21,7 +22,7 @@ from .support import Inbox, online_mitras
 
 async def _open(
     inst: Instance, customer: Person, exclude: set[UUID], rerouted_from: UUID | None, **kw: Any
-) -> tuple[dict[str, Any], list[Any]]:
+) -> tuple[OfferedRequest, list[Any]]:
     async with inst.ctx.db.transaction() as conn:
         return await open_pairing_request(
             inst.ctx,
@@ -45,10 +46,10 @@ async def test_excluded_mitras_are_not_offered_and_the_reroute_is_recorded(
 
     request, effects = await _open(inst, customer, {previous.id}, session_id)
 
-    assert sorted(request["offered_to"]) == sorted(str(m.id) for m in others)
+    assert sorted(request.offered_to) == sorted(m.id for m in others)
     assert (
         await pg.fetchval(
-            "SELECT rerouted_from FROM pairing_requests WHERE id = $1", UUID(request["id"])
+            "SELECT rerouted_from FROM pairing_requests WHERE id = $1", request.request.id
         )
         == session_id
     )

@@ -68,12 +68,11 @@ async def make_pending_session(
             "UPDATE pairing_requests SET status = 'matched', session_id = $2, closed_at = $3"
             " WHERE id = $1",
             request_id,
-            row["id"],
+            row.id,
             now,
         )
     await after_session_change(ctx, [row])
-    session_id: UUID = row["id"]
-    return session_id
+    return row.id
 
 
 def sign(raw: bytes, secret: str = TEST_WEBHOOK_SECRET) -> str:

@@ -12,8 +12,9 @@ after the commit.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 from uuid import UUID
+
+import asyncpg
 
 from ..aftercommit import AfterCommit, run_after_commit
 from ..concepts import open_session
@@ -27,9 +28,11 @@ from ..errors import (
     RequestClosed,
 )
 from ..sessions import actions as session_actions
-from ..sessions.transitions import SESSION_COLUMNS, session_changed
+from ..sessions.models import SESSION_COLUMNS, ChatSession
+from ..sessions.transitions import session_changed
 from ..timers import cancel_timer
 from .actions import publish
+from .models import PairingRequest
 from .queries import lock_request, offered_mitras
 
 OPEN_SESSIONS_SQL = f"""
@@ -37,20 +40,23 @@ SELECT count(*) FROM chat_sessions WHERE mitra_id = $1 AND {open_session()}
 """  # noqa: S608
 
 
-async def _previous_win(conn: Any, request: Any, mitra_id: UUID) -> Any | None:
+async def _previous_win(
+    conn: asyncpg.Connection, request: PairingRequest, mitra_id: UUID
+) -> ChatSession | None:
     """The session this mitra already won for this request (an accept retried after a
     lost response), or None when another mitra won it."""
-    if request["session_id"] is None:
+    if request.session_id is None:
         return None
-    return await conn.fetchrow(
+    row = await conn.fetchrow(
         f"SELECT {SESSION_COLUMNS} FROM chat_sessions"  # noqa: S608
         " WHERE id = $1 AND mitra_id = $2",
-        request["session_id"],
+        request.session_id,
         mitra_id,
     )
+    return None if row is None else ChatSession.from_row(row)
 
 
-async def _lock_eligible(ctx: Context, conn: Any, mitra_id: UUID) -> None:
+async def _lock_eligible(ctx: Context, conn: asyncpg.Connection, mitra_id: UUID) -> None:
     """Lock the mitra's row and check, under that lock, what the accept depends on: the
     mitra is active and has capacity left. Deactivation takes this row too, so it either
     committed before (refused here: 403) or waits for this accept to commit and then
@@ -74,8 +80,8 @@ async def _lock_eligible(ctx: Context, conn: Any, mitra_id: UUID) -> None:
 
 async def do_accept_pairing_request(
     ctx: Context, *, mitra_id: UUID, request_id: UUID, now: datetime
-) -> Any:
-    """The new chat session row (or, for a retried winning accept, the one it won).
+) -> ChatSession:
+    """The new chat session (or, for a retried winning accept, the one it won).
     NotOffered, RequestClosed (expired, cancelled or past its expiry), AlreadyTaken,
     MitraDeactivated, AtCapacity otherwise."""
     effects: list[AfterCommit] = []
@@ -84,22 +90,22 @@ async def do_accept_pairing_request(
         mitras = await offered_mitras(conn, request_id)
         if mitra_id not in mitras:
             raise NotOffered(f"pairing request {request_id} was not offered to mitra {mitra_id}")
-        status = request["status"]
+        status = request.status
         if status == "matched":
             won = await _previous_win(conn, request, mitra_id)
             if won is not None:
                 return won
             raise AlreadyTaken(f"pairing request {request_id} was taken by another mitra")
-        if status != "searching" or request["expires_at"] <= now:
+        if status != "searching" or request.expires_at <= now:
             closed = status if status != "searching" else "expired"
             raise RequestClosed(f"pairing request {request_id} is {closed}")
         await _lock_eligible(ctx, conn, mitra_id)
         session = await session_actions.create_pending_session(
             ctx,
             conn,
-            customer_id=request["customer_id"],
+            customer_id=request.customer_id,
             mitra_id=mitra_id,
-            duration_minutes=request["duration_minutes"],
+            duration_minutes=request.duration_minutes,
             pairing_request_id=request_id,
             actor_id=mitra_id,
             now=now,
@@ -108,7 +114,7 @@ async def do_accept_pairing_request(
             "UPDATE pairing_requests SET status = 'matched', session_id = $2, closed_at = $3"
             " WHERE id = $1",
             request_id,
-            session["id"],
+            session.id,
             now,
         )
         await cancel_timer(conn, "offer_expiry", request_id)

@@ -18,19 +18,13 @@ import asyncpg
 from ..aftercommit import AfterCommit, run_after_commit
 from ..availability.queries import mitra_reachability
 from ..availability.ranked import offerable, pick_from_index, window_from_postgres
-from ..clock import iso
 from ..context import Context
 from ..errors import InvalidState, MirrorUnavailable, NoMitraAvailable, NotFound
 from ..events.bus import bus
 from ..logs import get_logger
 from ..timers import cancel_timer, schedule_timer
-from .queries import (
-    REQUEST_COLUMNS,
-    last_offered,
-    lock_request,
-    offered_mitras,
-    public_pairing_request,
-)
+from .models import REQUEST_COLUMNS, OfferedRequest, PairingRequest
+from .queries import last_offered, lock_request, offered_mitras
 from .ranking import Contender, rank
 
 log = get_logger(__name__)
@@ -55,7 +49,7 @@ def publish(ctx: Context, users: Iterable[UUID], type_: str, data: dict[str, Any
 
 async def _choose(
     ctx: Context,
-    conn: Any,
+    conn: asyncpg.Connection,
     *,
     preferred_mitra_id: UUID | None,
     exclude: set[UUID],
@@ -88,7 +82,7 @@ async def _choose(
 
 
 async def _pick_from_postgres(
-    ctx: Context, conn: Any, *, fanout: int, exclude: list[str], now: datetime
+    ctx: Context, conn: asyncpg.Connection, *, fanout: int, exclude: list[str], now: datetime
 ) -> list[str]:
     """While Valkey is out: the index's order from Postgres (a LIMITed index walk), with
     each candidate's latest offer counted as activity, so that successive requests
@@ -109,7 +103,7 @@ def _later(a: datetime | None, b: datetime | None) -> datetime | None:
 
 
 async def _preferred(
-    ctx: Context, conn: Any, mitra_id: UUID, exclude: set[UUID], now: datetime
+    ctx: Context, conn: asyncpg.Connection, mitra_id: UUID, exclude: set[UUID], now: datetime
 ) -> list[str]:
     """The preferred mitra alone, if available now (Valkey's view, then Postgres' last
     word); NotFound for an id that is no mitra."""
@@ -120,18 +114,19 @@ async def _preferred(
     raise NoMitraAvailable(f"mitra {mitra_id} is not available right now")
 
 
-async def _expire_locked(conn: Any, request_id: UUID, now: datetime) -> Any:
-    """searching -> expired (no-op otherwise); returns the row when it changed."""
-    return await conn.fetchrow(
+async def _expire_locked(conn: asyncpg.Connection, request_id: UUID, now: datetime) -> UUID | None:
+    """searching -> expired (no-op otherwise); its customer's id when it changed."""
+    customer_id: UUID | None = await conn.fetchval(
         "UPDATE pairing_requests SET status = 'expired', closed_at = $2"
         " WHERE id = $1 AND status = 'searching' RETURNING customer_id",
         request_id,
         now,
     )
+    return customer_id
 
 
 async def _expired_effects(
-    ctx: Context, conn: Any, request_id: UUID, customer_id: UUID, reason: str
+    ctx: Context, conn: asyncpg.Connection, request_id: UUID, customer_id: UUID, reason: str
 ) -> list[AfterCommit]:
     mitras = await offered_mitras(conn, request_id)
     data = {"request_id": str(request_id), "reason": reason}
@@ -139,30 +134,31 @@ async def _expired_effects(
 
 
 async def _settle_previous_search(
-    ctx: Context, conn: Any, customer_id: UUID, now: datetime
+    ctx: Context, conn: asyncpg.Connection, customer_id: UUID, now: datetime
 ) -> list[AfterCommit]:
     """One search per customer: a live one is a conflict; one past its expiry whose
     timer has not fired yet is expired here and now, so it does not block."""
     row = await conn.fetchrow(
-        "SELECT id, expires_at FROM pairing_requests"
+        f"SELECT {REQUEST_COLUMNS} FROM pairing_requests"  # noqa: S608
         " WHERE customer_id = $1 AND status = 'searching' FOR UPDATE",
         customer_id,
     )
     if row is None:
         return []
-    if row["expires_at"] > now:
+    previous = PairingRequest.from_row(row)
+    if previous.expires_at > now:
         raise InvalidState(
-            f"customer {customer_id} already has a searching pairing request {row['id']};"
+            f"customer {customer_id} already has a searching pairing request {previous.id};"
             " cancel it or wait for it to expire"
         )
-    await _expire_locked(conn, row["id"], now)
-    await cancel_timer(conn, "offer_expiry", row["id"])
-    return await _expired_effects(ctx, conn, row["id"], customer_id, "timeout")
+    await _expire_locked(conn, previous.id, now)
+    await cancel_timer(conn, "offer_expiry", previous.id)
+    return await _expired_effects(ctx, conn, previous.id, customer_id, "timeout")
 
 
 async def open_pairing_request(
     ctx: Context,
-    conn: Any,
+    conn: asyncpg.Connection,
     *,
     customer_id: UUID,
     duration_minutes: int,
@@ -170,11 +166,12 @@ async def open_pairing_request(
     exclude: set[UUID],
     rerouted_from: UUID | None,
     now: datetime,
-) -> tuple[dict[str, Any], list[AfterCommit]]:
+) -> tuple[OfferedRequest, list[AfterCommit]]:
     """Inside the caller's transaction: the request, its offers and its expiry timer.
-    Returns the public request and the after-commit effects (the `pairing.offer`
-    events). Raises NoMitraAvailable (nobody, or the preferred mitra is not available),
-    NotFound (unknown preferred mitra), InvalidState (a search already open)."""
+    Returns the request (with the mitras offered it) and the after-commit effects (the
+    `pairing.offer` events). Raises NoMitraAvailable (nobody, or the preferred mitra is
+    not available), NotFound (unknown preferred mitra), InvalidState (a search already
+    open)."""
     effects = await _settle_previous_search(ctx, conn, customer_id, now)
     chosen = await _choose(
         ctx, conn, preferred_mitra_id=preferred_mitra_id, exclude=exclude, now=now
@@ -182,7 +179,7 @@ async def open_pairing_request(
     expires_at = now + timedelta(seconds=ctx.settings.pairing_offer_ttl_seconds)
     try:
         async with conn.transaction():  # a savepoint: the violation below is ours to explain
-            row = await conn.fetchrow(
+            inserted = await conn.fetchrow(
                 f"""
                 INSERT INTO pairing_requests (customer_id, duration_minutes,
                     preferred_mitra_id, status, rerouted_from, expires_at, created_at)
@@ -202,21 +199,18 @@ async def open_pairing_request(
         raise InvalidState(
             f"customer {customer_id} already has a searching pairing request"
         ) from None
+    request = PairingRequest.from_written(inserted)
     await conn.execute(
         "INSERT INTO pairing_offers (request_id, mitra_id, created_at)"
         " SELECT $1, unnest($2::uuid[]), $3",
-        row["id"],
+        request.id,
         chosen,
         now,
     )
-    await schedule_timer(conn, "offer_expiry", row["id"], expires_at)
-    offer = {
-        "request_id": str(row["id"]),
-        "duration_minutes": duration_minutes,
-        "expires_at": iso(expires_at),
-    }
-    effects.append(publish(ctx, [UUID(m) for m in chosen], "pairing.offer", offer))
-    return public_pairing_request(row, chosen), effects
+    await schedule_timer(conn, "offer_expiry", request.id, expires_at)
+    offered = OfferedRequest.of(request, chosen)
+    effects.append(publish(ctx, offered.offered_to, "pairing.offer", request.offer().public()))
+    return offered, effects
 
 
 async def do_open_pairing_request(
@@ -226,9 +220,9 @@ async def do_open_pairing_request(
     duration_minutes: int,
     preferred_mitra_id: UUID | None,
     now: datetime,
-) -> dict[str, Any]:
+) -> OfferedRequest:
     async with ctx.db.transaction() as conn:
-        public, effects = await open_pairing_request(
+        offered, effects = await open_pairing_request(
             ctx,
             conn,
             customer_id=customer_id,
@@ -239,7 +233,7 @@ async def do_open_pairing_request(
             now=now,
         )
     await run_after_commit(ctx, effects)
-    return public
+    return offered
 
 
 # -- cancel --------------------------------------------------------------------------
@@ -247,43 +241,44 @@ async def do_open_pairing_request(
 
 async def do_cancel_pairing_request(
     ctx: Context, *, customer_id: UUID, request_id: UUID, now: datetime
-) -> dict[str, Any]:
+) -> OfferedRequest:
     """searching -> cancelled; cancelling a cancelled request returns it unchanged;
     InvalidState once matched or expired."""
     effects: list[AfterCommit] = []
     async with ctx.db.transaction() as conn:
-        row = await lock_request(conn, request_id)
-        if row["customer_id"] != customer_id:
+        request = await lock_request(conn, request_id)
+        if request.customer_id != customer_id:
             raise NotFound(f"no pairing request with id {request_id}")
         mitras = await offered_mitras(conn, request_id)
-        if row["status"] in ("matched", "expired"):
+        if request.status in ("matched", "expired"):
             raise InvalidState(
-                f"pairing request {request_id} is {row['status']}; it cannot be cancelled"
+                f"pairing request {request_id} is {request.status}; it cannot be cancelled"
             )
-        if row["status"] == "searching":
-            row = await conn.fetchrow(
+        if request.status == "searching":
+            cancelled = await conn.fetchrow(
                 "UPDATE pairing_requests SET status = 'cancelled', closed_at = $2"  # noqa: S608
                 f" WHERE id = $1 RETURNING {REQUEST_COLUMNS}",
                 request_id,
                 now,
             )
+            request = PairingRequest.from_written(cancelled)
             await cancel_timer(conn, "offer_expiry", request_id)
             data = {"request_id": str(request_id), "reason": "cancelled"}
             effects.append(publish(ctx, [customer_id, *mitras], "pairing.expired", data))
     await run_after_commit(ctx, effects)
-    return public_pairing_request(row, mitras)
+    return OfferedRequest.of(request, mitras)
 
 
 # -- expiry (durable timer) ----------------------------------------------------------
 
 
 async def expire_offer(
-    ctx: Context, conn: Any, request_id: UUID, now: datetime
+    ctx: Context, conn: asyncpg.Connection, request_id: UUID, now: datetime
 ) -> list[AfterCommit]:
     """The `offer_expiry` timer: searching -> expired inside the firing transaction.
     A request matched or cancelled meanwhile is left alone (its timer was cancelled
     too; this guards a race with that)."""
-    row = await _expire_locked(conn, request_id, now)
-    if row is None:
+    customer_id = await _expire_locked(conn, request_id, now)
+    if customer_id is None:
         return []
-    return await _expired_effects(ctx, conn, request_id, row["customer_id"], "timeout")
+    return await _expired_effects(ctx, conn, request_id, customer_id, "timeout")

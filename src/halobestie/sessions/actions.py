@@ -5,8 +5,9 @@ its side effects (capacity, events) after commit, as the `session_changed` effec
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
 from uuid import UUID
+
+import asyncpg
 
 from ..aftercommit import run_after_commit
 from ..auth.tokens import Principal
@@ -16,16 +17,9 @@ from ..concepts import OPEN_SESSION_STATUSES, open_session
 from ..context import Context
 from ..errors import InvalidState, PaymentReferenceReused
 from ..timers import TimerKind, cancel_timer, schedule_timer
+from .models import SESSION_COLUMNS, ActorRole, ChatSession
 from .queries import is_party, not_found
-from .transitions import (
-    SESSION_COLUMNS,
-    ActorRole,
-    Status,
-    lock_session,
-    record_event,
-    session_changed,
-    transition,
-)
+from .transitions import Status, lock_session, record_event, session_changed, transition
 from .warnings import arm_warnings
 
 SESSION_TIMERS: tuple[TimerKind, ...] = ("payment_timeout", "session_expiry", "session_warning")
@@ -36,7 +30,7 @@ SELECT id FROM timers WHERE ref_id = $1 AND kind = ANY($2::text[]) ORDER BY id F
 
 async def create_pending_session(
     ctx: Context,
-    conn: Any,
+    conn: asyncpg.Connection,
     *,
     customer_id: UUID,
     mitra_id: UUID,
@@ -44,7 +38,7 @@ async def create_pending_session(
     pairing_request_id: UUID,
     actor_id: UUID,
     now: datetime,
-) -> Any:
+) -> ChatSession:
     """Inside the accepting transaction: the new session in `pending_payment`, its
     history row, and its payment timeout. The caller runs the `session_changed` effect
     after its commit (aftercommit.py)."""
@@ -62,16 +56,17 @@ async def create_pending_session(
         pairing_request_id,
         now,
     )
+    session = ChatSession.from_written(row)
     await record_event(
-        conn, row["id"], None, "pending_payment", actor_id, "mitra", "offer accepted", now
+        conn, session.id, None, "pending_payment", actor_id, "mitra", "offer accepted", now
     )
     await record_session_change(conn, mitra_id, now)
     due = now + timedelta(seconds=ctx.settings.payment_timeout_seconds)
-    await schedule_timer(conn, "payment_timeout", row["id"], due)
-    return row
+    await schedule_timer(conn, "payment_timeout", session.id, due)
+    return session
 
 
-async def lock_for_change(conn: Any, session_id: UUID) -> Any:
+async def lock_for_change(conn: asyncpg.Connection, session_id: UUID) -> ChatSession:
     """Lock the session for a change, in the order the timer runner uses (timer rows,
     then the session; see `lifecycle`): an action and a firing timer on the same session
     wait for each other instead of deadlocking. NotFound for an unknown id."""
@@ -84,13 +79,15 @@ SELECT id FROM chat_sessions WHERE mitra_id = $1 AND {open_session()} ORDER BY i
 """  # noqa: S608
 
 
-async def open_session_ids(conn: Any, mitra_id: UUID) -> list[UUID]:
+async def open_session_ids(conn: asyncpg.Connection, mitra_id: UUID) -> list[UUID]:
     """Ids of the mitra's `pending_payment` and `active` sessions, in id order (unlocked:
     what the statement's snapshot saw)."""
     return [r["id"] for r in await conn.fetch(OPEN_OF_MITRA_SQL, mitra_id)]
 
 
-async def lock_sessions_for_change(conn: Any, session_ids: list[UUID]) -> list[Any]:
+async def lock_sessions_for_change(
+    conn: asyncpg.Connection, session_ids: list[UUID]
+) -> list[ChatSession]:
     """`lock_for_change` for each session, in the given order (callers pass id order, so
     two such callers cannot deadlock with each other). The rows as they are once locked:
     some may have closed meanwhile."""
@@ -98,22 +95,24 @@ async def lock_sessions_for_change(conn: Any, session_ids: list[UUID]) -> list[A
 
 
 async def close_locked(
-    conn: Any, row: Any, *, actor_id: UUID | None, actor_role: ActorRole, reason: str,
-    now: datetime,
-) -> Any:  # fmt: skip
+    conn: asyncpg.Connection, row: ChatSession, *, actor_id: UUID | None,
+    actor_role: ActorRole, reason: str, now: datetime,
+) -> ChatSession:  # fmt: skip
     """Close an open session locked with `lock_for_change`: active -> ended,
     pending_payment -> cancelled, its timers cancelled. The caller runs
     the `session_changed` effect after its commit (aftercommit.py)."""
-    to: Status = "ended" if row["status"] == "active" else "cancelled"
+    to: Status = "ended" if row.status == "active" else "cancelled"
     row = await transition(
         conn, row, to, actor_id=actor_id, actor_role=actor_role, reason=reason, now=now
     )
     for kind in SESSION_TIMERS:
-        await cancel_timer(conn, kind, row["id"])
+        await cancel_timer(conn, kind, row.id)
     return row
 
 
-async def lock_as_party(conn: Any, session_id: UUID, principal: Principal) -> Any:
+async def lock_as_party(
+    conn: asyncpg.Connection, session_id: UUID, principal: Principal
+) -> ChatSession:
     """`lock_for_change` for one of the session's parties; NotFound for anyone else."""
     row = await lock_for_change(conn, session_id)
     if not is_party(row, principal):
@@ -121,7 +120,9 @@ async def lock_as_party(conn: Any, session_id: UUID, principal: Principal) -> An
     return row
 
 
-async def do_pay_session(ctx: Context, *, session_id: UUID, reference: str, now: datetime) -> Any:
+async def do_pay_session(
+    ctx: Context, *, session_id: UUID, reference: str, now: datetime
+) -> ChatSession:
     """The payment provider says `reference` paid for `session_id`: pending_payment ->
     active, `ends_at = now + duration`. Idempotent per reference: a replay returns the
     session as it is now; a reference already used for another session is refused."""
@@ -138,9 +139,9 @@ async def do_pay_session(ctx: Context, *, session_id: UUID, reference: str, now:
                 f"payment reference {reference!r} was already used for another chat session"
             )
         if paid_for is None:
-            if row["status"] != "pending_payment":
+            if row.status != "pending_payment":
                 raise InvalidState(
-                    f"chat session {session_id} is {row['status']}; it can no longer be paid"
+                    f"chat session {session_id} is {row.status}; it can no longer be paid"
                 )
             inserted = await conn.fetchval(
                 "INSERT INTO payments (reference, session_id, received_at) VALUES ($1, $2, $3)"
@@ -157,14 +158,15 @@ async def do_pay_session(ctx: Context, *, session_id: UUID, reference: str, now:
                 conn, row, "active", actor_id=None, actor_role="payment",
                 reason=f"paid, reference {reference}", now=now,
             )  # fmt: skip
-            ends_at = now + timedelta(minutes=row["duration_minutes"])
-            row = await conn.fetchrow(
+            ends_at = now + timedelta(minutes=row.duration_minutes)
+            paid = await conn.fetchrow(
                 f"UPDATE chat_sessions SET started_at = $2, ends_at = $3 WHERE id = $1"  # noqa: S608
                 f" RETURNING {SESSION_COLUMNS}",
                 session_id,
                 now,
                 ends_at,
             )
+            row = ChatSession.from_written(paid)
             await cancel_timer(conn, "payment_timeout", session_id)
             await schedule_timer(conn, "session_expiry", session_id, ends_at)
             await arm_warnings(ctx, conn, session_id, ends_at, now)
@@ -176,20 +178,19 @@ async def do_pay_session(ctx: Context, *, session_id: UUID, reference: str, now:
 
 async def do_extend_session(
     ctx: Context, *, session_id: UUID, principal: Principal, minutes: int, now: datetime
-) -> Any:
+) -> ChatSession:
     """The customer buys `minutes` more: `ends_at` moves (`duration_minutes` stays the
     booked length) and the expiry and warning timers with it. Only an active session not run out."""
     async with ctx.db.transaction() as conn:
         row = await lock_as_party(conn, session_id, principal)
-        if row["status"] != "active":
+        if row.status != "active":
             raise InvalidState(
-                f"chat session {session_id} is {row['status']}; only an active session"
-                " can be extended"
+                f"chat session {session_id} is {row.status}; only an active session can be extended"
             )
-        if row["ends_at"] is None or row["ends_at"] <= now:
+        if row.ends_at is None or row.ends_at <= now:
             raise InvalidState(f"chat session {session_id} has run out; it cannot be extended")
-        ends_at = row["ends_at"] + timedelta(minutes=minutes)
-        row = await conn.fetchrow(
+        ends_at = row.ends_at + timedelta(minutes=minutes)
+        extended = await conn.fetchrow(
             f"""
             UPDATE chat_sessions SET ends_at = $2, updated_at = $3
             WHERE id = $1 RETURNING {SESSION_COLUMNS}
@@ -198,6 +199,7 @@ async def do_extend_session(
             ends_at,
             now,
         )
+        row = ChatSession.from_written(extended)
         await record_event(
             conn, session_id, "active", "active", principal.user_id, "customer",
             f"extended by {minutes} minutes to {iso(ends_at)}", now,
@@ -210,12 +212,12 @@ async def do_extend_session(
 
 async def do_end_session(
     ctx: Context, *, session_id: UUID, principal: Principal, now: datetime
-) -> Any:
+) -> ChatSession:
     """Either party ends it: active -> ended, pending_payment -> cancelled. A session
     already closed is returned as it is (idempotent: retries and both parties at once)."""
     async with ctx.db.transaction() as conn:
         row = await lock_as_party(conn, session_id, principal)
-        if row["status"] not in OPEN_SESSION_STATUSES:
+        if row.status not in OPEN_SESSION_STATUSES:
             return row
         role: ActorRole = "customer" if principal.role == "customer" else "mitra"
         row = await close_locked(

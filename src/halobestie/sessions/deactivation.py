@@ -6,8 +6,9 @@ again."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 from uuid import UUID
+
+import asyncpg
 
 from ..aftercommit import run_after_commit
 from ..auth.sockets import end_sockets
@@ -17,6 +18,7 @@ from ..concepts import OPEN_SESSION_STATUSES
 from ..context import Context
 from ..errors import DatabaseBusy, NotFound
 from .actions import close_locked, lock_sessions_for_change, open_session_ids
+from .models import ChatSession
 from .transitions import session_changed
 
 # Deactivation closes the mitra's open chat sessions in the transaction that deactivates
@@ -38,7 +40,9 @@ class _SessionsGrew(Exception):
     """An accept committed a session for the mitra after we listed its sessions."""
 
 
-async def _deactivate(conn: Any, mitra_id: UUID, actor_id: UUID | None, now: datetime) -> Any:
+async def _deactivate(
+    conn: asyncpg.Connection, mitra_id: UUID, actor_id: UUID | None, now: datetime
+) -> list[ChatSession]:
     """Inside a transaction: the mitra inactive and offline, its open sessions closed
     (pending_payment -> cancelled, active -> ended, reason `mitra_deactivated`), every
     login revoked. Returns the closed session rows; NotFound for an unknown mitra."""
@@ -56,7 +60,7 @@ async def _deactivate(conn: Any, mitra_id: UUID, actor_id: UUID | None, now: dat
         raise _SessionsGrew
     closed = []
     for row in rows:
-        if row["status"] not in OPEN_SESSION_STATUSES:
+        if row.status not in OPEN_SESSION_STATUSES:
             continue  # closed by a party or a timer while we waited
         closed_row = await close_locked(
             conn, row, actor_id=actor_id, actor_role="admin", reason=DEACTIVATION_REASON,
@@ -82,7 +86,7 @@ async def do_set_mitra_active(
     capacity, the mirror and `session.updated` events. Reactivation only
     lets the mitra log in and go online again. NotFound for an unknown mitra; DatabaseBusy
     (503) if accepts kept adding sessions through DEACTIVATION_ATTEMPTS attempts."""
-    closed: list[Any] = []
+    closed: list[ChatSession] = []
     if active:
         async with ctx.db.connection() as conn:
             updated = await conn.fetchval(

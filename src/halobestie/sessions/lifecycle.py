@@ -14,28 +14,22 @@ handler waiting for a session can never deadlock with an action on that session.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 from uuid import UUID
+
+import asyncpg
 
 from ..aftercommit import AfterCommit
 from ..context import Context
 from ..timers import cancel_timer, schedule_timer
-from .transitions import SESSION_COLUMNS, session_changed, transition
-
-
-async def _lock_if_exists(conn: Any, session_id: UUID) -> Any:
-    return await conn.fetchrow(
-        f"SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE id = $1 FOR UPDATE",  # noqa: S608
-        session_id,
-    )
+from .transitions import lock_session_if_exists, session_changed, transition
 
 
 async def on_payment_timeout(
-    ctx: Context, conn: Any, session_id: UUID, now: datetime
+    ctx: Context, conn: asyncpg.Connection, session_id: UUID, now: datetime
 ) -> list[AfterCommit]:
     """Unpaid after PAYMENT_TIMEOUT_SECONDS: pending_payment -> cancelled."""
-    row = await _lock_if_exists(conn, session_id)
-    if row is None or row["status"] != "pending_payment":
+    row = await lock_session_if_exists(conn, session_id)
+    if row is None or row.status != "pending_payment":
         return []
     row = await transition(
         conn, row, "cancelled", actor_id=None, actor_role="system", reason="payment timeout",
@@ -45,14 +39,14 @@ async def on_payment_timeout(
 
 
 async def on_session_expiry(
-    ctx: Context, conn: Any, session_id: UUID, now: datetime
+    ctx: Context, conn: asyncpg.Connection, session_id: UUID, now: datetime
 ) -> list[AfterCommit]:
     """`ends_at` reached: active -> expired. If `ends_at` lies later than this timer (an
     extension that did not move the timer), re-arm at `ends_at` instead."""
-    row = await _lock_if_exists(conn, session_id)
-    if row is None or row["status"] != "active":
+    row = await lock_session_if_exists(conn, session_id)
+    if row is None or row.status != "active":
         return []
-    ends_at = row["ends_at"]
+    ends_at = row.ends_at
     if ends_at is not None and ends_at > now:
         # Delete the firing row (the runner's "mark fired" then touches nothing) and
         # schedule a fresh one: re-arming the same row would be marked fired right away.

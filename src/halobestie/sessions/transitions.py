@@ -16,76 +16,64 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 from uuid import UUID
+
+import asyncpg
 
 from ..aftercommit import AfterCommit
 from ..availability.load import record_session_change
 from ..availability.sync import recompute_capacity
-from ..clock import iso
 from ..concepts import OPEN_SESSION_STATUSES, SessionStatus, open_session
 from ..context import Context
 from ..errors import InvalidState, NotFound
 from ..events.bus import bus
+from .models import SESSION_COLUMNS, ActorRole, ChatSession
 
 Status = SessionStatus
-ActorRole = Literal["customer", "mitra", "admin", "system", "payment"]
 ALLOWED: dict[str, frozenset[str]] = {
     "pending_payment": frozenset({"active", "cancelled", "rerouted"}),
     "active": frozenset({"ended", "expired", "rerouted"}),
 }
 
-SESSION_COLUMNS = (
-    "id, customer_id, mitra_id, status, duration_minutes, started_at, ends_at,"
-    " created_at, closed_at, pairing_request_id,"
-    " last_message_seq, customer_read_seq, mitra_read_seq"
-)
+
+def public_session(session: ChatSession, now: datetime) -> dict[str, Any]:
+    """The `{session: ...}` payload (SPEC §4, §5, §7): `ChatSession.public`."""
+    return session.public(now)
 
 
-def public_session(row: Any, now: datetime) -> dict[str, Any]:
-    """The `{session: ...}` payload (SPEC §4, §5, §7) of a row holding SESSION_COLUMNS.
-    `server_now` is `now` (ISO-8601 UTC), for a countdown that does not trust the device
-    clock; the chat's counters are 0 before the first message or read."""
-    return {
-        "id": str(row["id"]),
-        "customer_id": str(row["customer_id"]),
-        "mitra_id": str(row["mitra_id"]),
-        "status": row["status"],
-        "duration_minutes": row["duration_minutes"],
-        "started_at": iso(row["started_at"]) if row["started_at"] else None,
-        "ends_at": iso(row["ends_at"]) if row["ends_at"] else None,
-        "last_message_seq": row["last_message_seq"],
-        "customer_read_seq": row["customer_read_seq"],
-        "mitra_read_seq": row["mitra_read_seq"],
-        "server_now": iso(now),
-    }
-
-
-async def lock_session(conn: Any, session_id: UUID) -> Any:
+async def lock_session_if_exists(conn: asyncpg.Connection, session_id: UUID) -> ChatSession | None:
+    """The session, locked FOR UPDATE for the rest of the transaction; None if absent."""
     row = await conn.fetchrow(
         f"SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE id = $1 FOR UPDATE",  # noqa: S608
         session_id,
     )
-    if row is None:
+    return None if row is None else ChatSession.from_row(row)
+
+
+async def lock_session(conn: asyncpg.Connection, session_id: UUID) -> ChatSession:
+    """`lock_session_if_exists`; NotFound if absent."""
+    session = await lock_session_if_exists(conn, session_id)
+    if session is None:
         raise NotFound(f"no chat session with id {session_id}")
-    return row
+    return session
 
 
 async def transition(
-    conn: Any,
-    row: Any,
+    conn: asyncpg.Connection,
+    row: ChatSession,
     to: Status,
     *,
     actor_id: UUID | None,
     actor_role: ActorRole,
     reason: str,
     now: datetime,
-) -> Any:
+) -> ChatSession:
     """Move a session locked with `lock_session` to `to`; InvalidState if the graph does
-    not allow it. Returns the updated row."""
-    current = row["status"]
+    not allow it. Returns the updated session."""
+    current = row.status
     if to not in ALLOWED.get(current, frozenset()):
-        raise InvalidState(f"chat session {row['id']} is {current}; it cannot become {to}")
+        raise InvalidState(f"chat session {row.id} is {current}; it cannot become {to}")
     updated = await conn.fetchrow(
         f"""
         UPDATE chat_sessions SET status = $2, updated_at = $3,
@@ -93,19 +81,19 @@ async def transition(
                                 ELSE $3::timestamptz END
         WHERE id = $1 RETURNING {SESSION_COLUMNS}
         """,  # noqa: S608
-        row["id"],
+        row.id,
         to,
         now,
     )
-    await record_event(conn, row["id"], current, to, actor_id, actor_role, reason, now)
+    await record_event(conn, row.id, current, to, actor_id, actor_role, reason, now)
     # Paying (pending_payment -> active) neither starts nor ends a session: no activity.
     closed = to not in OPEN_SESSION_STATUSES
-    await record_session_change(conn, row["mitra_id"], now if closed else None)
-    return updated
+    await record_session_change(conn, row.mitra_id, now if closed else None)
+    return ChatSession.from_written(updated)
 
 
 async def record_event(
-    conn: Any,
+    conn: asyncpg.Connection,
     session_id: UUID,
     from_status: str | None,
     to_status: str,
@@ -128,7 +116,7 @@ async def record_event(
     )
 
 
-def session_changed(ctx: Context, rows: Iterable[Any]) -> AfterCommit:
+def session_changed(ctx: Context, rows: Iterable[ChatSession]) -> AfterCommit:
     """The effect of committed changes to these sessions (`after_session_change`), for
     `aftercommit.run_after_commit`."""
     changed = list(rows)
@@ -139,14 +127,14 @@ def session_changed(ctx: Context, rows: Iterable[Any]) -> AfterCommit:
     return session_changed
 
 
-async def after_session_change(ctx: Context, rows: Iterable[Any]) -> None:
+async def after_session_change(ctx: Context, rows: Iterable[ChatSession]) -> None:
     """After commit: capacity from Postgres for each mitra, then tell both parties."""
     rows = list(rows)
-    for mitra_id in sorted({row["mitra_id"] for row in rows}):
+    for mitra_id in sorted({row.mitra_id for row in rows}):
         await recompute_capacity(ctx, mitra_id)
     for row in rows:
         await bus(ctx).publish(
-            [row["customer_id"], row["mitra_id"]],
+            [row.customer_id, row.mitra_id],
             "session.updated",
             {"session": public_session(row, ctx.clock.now())},
         )

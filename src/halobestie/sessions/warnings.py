@@ -35,15 +35,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
 from uuid import UUID
+
+import asyncpg
 
 from ..aftercommit import AfterCommit
 from ..clock import iso
 from ..context import Context
 from ..events.bus import bus
 from ..timers import TimerKind, cancel_timer, schedule_timer
-from .transitions import SESSION_COLUMNS
+from .models import ChatSession
+from .transitions import lock_session_if_exists
 
 KIND: TimerKind = "session_warning"
 
@@ -58,7 +60,7 @@ def next_warning(ends_at: datetime, now: datetime, offsets: Sequence[int]) -> in
 
 
 async def arm_warnings(
-    ctx: Context, conn: Any, session_id: UUID, ends_at: datetime, now: datetime
+    ctx: Context, conn: asyncpg.Connection, session_id: UUID, ends_at: datetime, now: datetime
 ) -> None:
     """Inside the transaction that makes the session active or moves its `ends_at`, with
     the session's timer rows locked (`actions.lock_for_change`): the warning timer due
@@ -70,14 +72,16 @@ async def arm_warnings(
         await schedule_timer(conn, KIND, session_id, ends_at - timedelta(seconds=offset))
 
 
-def ending_soon(ctx: Context, row: Any, remaining_seconds: int) -> AfterCommit:
+def ending_soon(
+    ctx: Context, row: ChatSession, ends_at: datetime, remaining_seconds: int
+) -> AfterCommit:
     """The after-commit effect that tells both parties."""
     data = {
-        "session_id": str(row["id"]),
-        "ends_at": iso(row["ends_at"]),
+        "session_id": str(row.id),
+        "ends_at": iso(ends_at),
         "remaining_seconds": remaining_seconds,
     }
-    parties = [row["customer_id"], row["mitra_id"]]
+    parties = [row.customer_id, row.mitra_id]
 
     async def publish_ending_soon() -> None:
         await bus(ctx).publish(parties, "session.ending_soon", data)
@@ -86,20 +90,17 @@ def ending_soon(ctx: Context, row: Any, remaining_seconds: int) -> AfterCommit:
 
 
 async def on_session_warning(
-    ctx: Context, conn: Any, session_id: UUID, now: datetime
+    ctx: Context, conn: asyncpg.Connection, session_id: UUID, now: datetime
 ) -> list[AfterCommit]:
     """The `session_warning` timer fires: warn both parties if a warning is due, and arm
     the next one. A no-op for a session no longer active or already run out.
 
     Lock order as every session timer (lifecycle.py): this timer row (held by the
     runner), then the session row."""
-    row = await conn.fetchrow(
-        f"SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE id = $1 FOR UPDATE",  # noqa: S608
-        session_id,
-    )
-    if row is None or row["status"] != "active" or row["ends_at"] is None:
+    row = await lock_session_if_exists(conn, session_id)
+    if row is None or row.status != "active" or row.ends_at is None:
         return []
-    ends_at: datetime = row["ends_at"]
+    ends_at = row.ends_at
     if ends_at <= now:
         return []
     offsets = ctx.settings.session_warning_seconds
@@ -110,4 +111,4 @@ async def on_session_warning(
     await arm_warnings(ctx, conn, session_id, ends_at, now)
     if not due:
         return []  # early for the current ends_at (moved meanwhile): re-armed only
-    return [ending_soon(ctx, row, int((ends_at - now).total_seconds()))]
+    return [ending_soon(ctx, row, ends_at, int((ends_at - now).total_seconds()))]

@@ -41,13 +41,13 @@ async def open_request(
         preferred_mitra_id=body.mitra_id,
         now=now,
     )
-    return PairingRequestOut.model_validate({"pairing_request": request})
+    return PairingRequestOut.model_validate({"pairing_request": request.public()})
 
 
 @router.get("/api/pairing/requests/{request_id}", responses=documented(NotFound))
 async def get_request(request_id: UUID, principal: Customer, ctx: CtxDep) -> PairingRequestOut:
     request = await get_customer_request(ctx, request_id, principal.user_id)
-    return PairingRequestOut.model_validate({"pairing_request": request})
+    return PairingRequestOut.model_validate({"pairing_request": request.public()})
 
 
 @router.delete("/api/pairing/requests/{request_id}", responses=documented(NotFound, Conflict))
@@ -57,7 +57,7 @@ async def cancel_request(
     request = await pairing_actions.do_cancel_pairing_request(
         ctx, customer_id=principal.user_id, request_id=request_id, now=now
     )
-    return PairingRequestOut.model_validate({"pairing_request": request})
+    return PairingRequestOut.model_validate({"pairing_request": request.public()})
 
 
 @router.post(
@@ -75,4 +75,5 @@ async def accept_request(
 
 @router.get("/api/mitra/offers")
 async def list_offers(principal: Mitra, ctx: CtxDep, now: NowDep) -> OffersOut:
-    return OffersOut.model_validate({"offers": await open_offers(ctx, principal.user_id, now)})
+    offers = await open_offers(ctx, principal.user_id, now)
+    return OffersOut.model_validate({"offers": [offer.public() for offer in offers]})

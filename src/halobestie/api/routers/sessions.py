@@ -46,7 +46,7 @@ async def get_session(session_id: UUID, principal: AnyUser, ctx: CtxDep, now: No
 @router.get("/{session_id}/events", responses=documented(NotFound))
 async def session_events(session_id: UUID, principal: AnyUser, ctx: CtxDep) -> SessionEventsOut:
     events = await list_session_events(ctx, session_id, principal)
-    return SessionEventsOut.model_validate({"events": events})
+    return SessionEventsOut.model_validate({"events": [e.public() for e in events]})
 
 
 @router.post("/{session_id}/extend", responses=documented(NotFound, Conflict))
@@ -72,4 +72,4 @@ async def reroute_session(
     session_id: UUID, principal: Customer, ctx: CtxDep, now: NowDep, body: NoFields | None = None
 ) -> PairingRequestOut:
     request = await do_reroute_session(ctx, session_id=session_id, principal=principal, now=now)
-    return PairingRequestOut.model_validate({"pairing_request": request})
+    return PairingRequestOut.model_validate({"pairing_request": request.public()})
