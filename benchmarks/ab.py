@@ -4,9 +4,11 @@ side by side in one run (interleaved trials), on one set of servers and data.
     .venv/bin/python -m benchmarks.ab --base-src /path/to/other/src [--quick]
 
 `--base-src` is the `src` folder of the other tree (e.g. `git worktree add /tmp/base
-HEAD` then `/tmp/base/src`); this checkout's `src` is "new". Measures the heartbeat over
-HTTP (Valkey path and Postgres-only path of each tree, plus the bare-Starlette floor) and
-find-available / the beacon computed from Valkey in-process, at --online mitras.
+HEAD` then `/tmp/base/src`); this checkout's `src` is "new", or the `src` that PYTHONPATH
+names (`infra.SRC`). Measures the heartbeat over HTTP (Valkey path and Postgres-only path
+of each tree, plus the bare-Starlette floor), the beacon over HTTP (the cached snapshot,
+the same four apps), and find-available / the beacon computed from Valkey in-process, at
+--online mitras. Prints new / base ratios, per trial too.
 
 With `--pairing`: opening pairing requests instead, at each of --online (a comma list,
 default 1000,10000,100000), every mitra with 20 closed sessions (`ab_pairing.py`).
@@ -35,7 +37,7 @@ import asyncpg
 from halobestie.migrate import run_migrations
 
 from . import dataset, inproc, loadgen
-from .infra import BENCH_JWT_SECRET, REPO, Procs, app_env, start_servers
+from .infra import BENCH_JWT_SECRET, REPO, SRC, Procs, app_env, start_servers
 
 
 async def worker(database_url: str, valkey_url: str, iterations: int) -> dict[str, Any]:
@@ -82,13 +84,54 @@ def run_worker(src: Path, database_url: str, valkey_url: str, iterations: int) -
     return dict(json.loads(line[len("AB_JSON ") :]))
 
 
+def interleaved(
+    wrk: str,
+    targets: dict[str, str],
+    method: str,
+    trials: int,
+    seconds: float,
+    tokens_file: Path | None,
+) -> dict[str, dict[str, Any]]:
+    """wrk (50 connections) against each URL, trials rotating through the targets; the
+    medians of the trials per target, and the trials."""
+    results: dict[str, list[dict[str, Any]]] = {k: [] for k in targets}
+    names = list(targets)
+    for trial in range(trials):
+        order = names[trial % len(names) :] + names[: trial % len(names)]
+        for name in order:
+            r = loadgen.run_wrk(
+                wrk,
+                targets[name],
+                method=method,
+                duration=seconds,
+                connections=50,
+                tokens_file=tokens_file,
+            ).as_dict()
+            r["trial"] = trial
+            results[name].append(r)
+            print(
+                f"  {method} {name:<14} trial {trial + 1}: {r['rps']:8.0f} req/s"
+                f" p99 {r['p99_ms']:.1f} ms",
+                flush=True,
+            )
+    return {
+        k: {
+            "rps": statistics.median(t["rps"] for t in v),
+            "p50_ms": statistics.median(t["p50_ms"] for t in v),
+            "p99_ms": statistics.median(t["p99_ms"] for t in v),
+            "trials": v,
+        }
+        for k, v in results.items()
+    }
+
+
 async def main(base_src: Path, online: int, trials: int, seconds: float) -> dict[str, Any]:
     wrk = loadgen.ensure_wrk(print)
     if wrk is None:
         raise SystemExit("benchmarks.ab needs wrk")
     out: dict[str, Any] = {
         "base_src": str(base_src),
-        "new_src": str(REPO / "src"),
+        "new_src": str(SRC),
         "online": online,
     }
     with tempfile.TemporaryDirectory(prefix="halobestie-ab-") as tmp_name:
@@ -113,7 +156,7 @@ async def main(base_src: Path, online: int, trials: int, seconds: float) -> dict
                 env["PYTHONPATH"] = str(src)
                 return procs.engine(name, env)
 
-            new_src = REPO / "src"
+            new_src = SRC
             targets = {
                 "floor": procs.floor(servers).base + "/heartbeat",
                 "base_valkey": engine("base-valkey", base_src, True).base,
@@ -122,36 +165,17 @@ async def main(base_src: Path, online: int, trials: int, seconds: float) -> dict
                 "new_postgres": engine("new-postgres", new_src, False).base,
             }
             hb = "/api/mitra/status/heartbeat"
-            results: dict[str, list[dict[str, Any]]] = {k: [] for k in targets}
-            names = list(targets)
-            for trial in range(trials):
-                order = names[trial % len(names) :] + names[: trial % len(names)]
-                for name in order:
-                    target = targets[name] if name == "floor" else targets[name] + hb
-                    r = loadgen.run_wrk(
-                        wrk,
-                        target,
-                        method="POST",
-                        duration=seconds,
-                        connections=50,
-                        tokens_file=tokens_file,
-                    ).as_dict()
-                    r["trial"] = trial
-                    results[name].append(r)
-                    print(
-                        f"  {name:<14} trial {trial + 1}: {r['rps']:8.0f} req/s"
-                        f" p99 {r['p99_ms']:.1f} ms",
-                        flush=True,
-                    )
-            out["heartbeat"] = {
-                k: {
-                    "rps": statistics.median(t["rps"] for t in v),
-                    "p50_ms": statistics.median(t["p50_ms"] for t in v),
-                    "p99_ms": statistics.median(t["p99_ms"] for t in v),
-                    "trials": v,
-                }
-                for k, v in results.items()
-            }
+            out["heartbeat"] = interleaved(
+                wrk,
+                {k: v if k == "floor" else v + hb for k, v in targets.items()},
+                "POST",
+                trials,
+                seconds,
+                tokens_file,
+            )
+            # The beacon over HTTP (the cached snapshot: SPEC's public poll) of every app.
+            apps = {k: v + "/api/availability" for k, v in targets.items() if k != "floor"}
+            out["beacon_http"] = interleaved(wrk, apps, "GET", trials, seconds, None)
             procs.stop_all()
             workers: dict[str, list[dict[str, Any]]] = {"base": [], "new": []}
             for _ in range(max(2, trials // 2)):
@@ -189,6 +213,8 @@ def cli() -> int:
         "--online", default="", help="online mitras (default 10000; --pairing: a comma list)"
     )
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--trials", type=int, default=0, help="default 5 (--quick: 2)")
+    parser.add_argument("--seconds", type=float, default=0.0, help="per trial: 6 (--quick: 3)")
     parser.add_argument(
         "--pairing", action="store_true", help="pairing at scale instead (ab_pairing.py)"
     )
@@ -199,19 +225,36 @@ def cli() -> int:
         return ab_pairing.cli(args.base_src, args.online, args.quick)
     args.online = int(args.online or 10_000)
     trials, seconds = (2, 3.0) if args.quick else (5, 6.0)
+    trials, seconds = args.trials or trials, args.seconds or seconds
     started = time.perf_counter()
     out = asyncio.run(main(args.base_src.resolve(), args.online, trials, seconds))
     out["duration_s"] = round(time.perf_counter() - started, 1)
-    print(json.dumps({k: v for k, v in out.items() if k != "heartbeat"}, indent=2))
-    for name, h in out["heartbeat"].items():
-        print(
-            f"heartbeat {name:<14} {h['rps']:8.0f} req/s  p50 {h['p50_ms']:.2f} ms"
-            f"  p99 {h['p99_ms']:.2f} ms"
-        )
+    http = ("heartbeat", "beacon_http")
+    print(json.dumps({k: v for k, v in out.items() if k not in http}, indent=2))
+    for what in http:
+        for name, h in out[what].items():
+            print(
+                f"{what} {name:<14} {h['rps']:8.0f} req/s  p50 {h['p50_ms']:.2f} ms"
+                f"  p99 {h['p99_ms']:.2f} ms"
+            )
     hb = out["heartbeat"]
     for tree in ("base", "new"):
         v, p = hb[f"{tree}_valkey"]["rps"], hb[f"{tree}_postgres"]["rps"]
         print(f"{tree}: valkey/floor {v / hb['floor']['rps']:.2f}, valkey/postgres {v / p:.2f}")
+    for what in http:
+        for kind in ("valkey", "postgres"):
+            base, new = out[what][f"base_{kind}"], out[what][f"new_{kind}"]
+            per_trial = ", ".join(
+                f"{n['rps'] / b['rps']:.2f}"
+                for b, n in zip(base["trials"], new["trials"], strict=True)
+            )
+            print(
+                f"{what} {kind} path, new / base: {new['rps'] / base['rps']:.2f} req/s"
+                f" (per trial {per_trial}), p99 {new['p99_ms']:.2f} vs {base['p99_ms']:.2f} ms"
+            )
+    for key in ("find_available_valkey_ms", "beacon_from_valkey_ms"):
+        b, n = out["inproc"]["base"][key], out["inproc"]["new"][key]
+        print(f"{key}: base {b:.2f}, new {n:.2f}, new / base {n / b:.2f}")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     path = REPO / "benchmarks" / "results" / f"ab-{stamp}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

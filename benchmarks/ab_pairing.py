@@ -39,6 +39,7 @@ from . import dataset, inproc, pairing_costs, pairing_scale, report_pairing
 from .infra import (
     BENCH_JWT_SECRET,
     REPO,
+    SRC,
     CpuMeter,
     Proc,
     Procs,
@@ -59,7 +60,7 @@ def log(msg: str) -> None:
 async def main(
     base_src: Path, sizes: list[int], plan: pairing_scale.ScalePlan, counted: int
 ) -> dict[str, Any]:
-    new_src = REPO / "src"
+    new_src = SRC
     out: dict[str, Any] = {
         "base_src": str(base_src),
         "new_src": str(new_src),

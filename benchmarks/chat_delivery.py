@@ -48,18 +48,14 @@ if __package__ in (None, ""):
 
 from websockets.asyncio.client import ClientConnection, connect
 
-import halobestie
 from halobestie.migrate import run_migrations
 
 from . import chat_report
 from .chat_sessions import Pair, make_pairs
-from .infra import REPO, CpuMeter, Proc, Procs, app_env, load_average, start_servers
+from .infra import REPO, SRC, CpuMeter, Proc, Procs, app_env, load_average, start_servers
 from .loadgen import HttpClient, percentile
 
 SCENARIOS = ("one", "two")
-# The source tree under test: this checkout's, or the one on PYTHONPATH
-# (`PYTHONPATH=/path/to/other/src python -m benchmarks.chat_delivery`).
-SRC = Path(halobestie.__file__).resolve().parent.parent
 DRAIN_SECONDS = 15.0  # bound on waiting for the last deliveries of a trial
 
 

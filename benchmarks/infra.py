@@ -15,9 +15,14 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import halobestie
 from halobestie.devservers import LocalServers, start_local_servers
 
 REPO = Path(__file__).resolve().parent.parent
+# The source tree under test ("new" in an A/B): the one this harness imports, which is this
+# checkout's src unless PYTHONPATH names another (e.g. a clean worktree of a commit while
+# the checkout has work in progress: `PYTHONPATH=/tmp/head/src python -m benchmarks.ab ...`).
+SRC = Path(halobestie.__file__).resolve().parent.parent
 BENCH_JWT_SECRET = "bench-jwt-secret-0123456789abcdef0123456789abcdef"  # noqa: S105
 BENCH_WEBHOOK_SECRET = "bench-webhook-secret-0123456789"  # noqa: S105
 # A stage's heartbeats must stay fresh for the whole run (the threshold costs nothing).
