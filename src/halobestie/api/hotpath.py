@@ -24,6 +24,7 @@ from starlette.types import Scope, Send
 
 from ..availability.actions import do_record_heartbeat
 from ..availability.beacon import get_beacon
+from ..availability.flight import Snapshot
 from ..context import Context
 from ..db import BOUND_REACHED, UNREACHABLE, bound_reached
 from ..errors import DomainError
@@ -73,7 +74,7 @@ class HotPath:
         else:
             await self._answer(scope, send, self._beacon, ("GET", "HEAD"), (_NO_STORE,))
 
-    async def _heartbeat(self, scope: Scope) -> Any:
+    async def _heartbeat(self, scope: Scope) -> dict[str, object]:
         ctx = self.ctx
         now = ctx.clock.now()
         authorization = _header(scope, b"authorization")
@@ -85,7 +86,7 @@ class HotPath:
             "next_heartbeat_in_seconds": ctx.settings.heartbeat_interval_seconds,
         }
 
-    async def _beacon(self, scope: Scope) -> Any:
+    async def _beacon(self, scope: Scope) -> Snapshot:
         return await get_beacon(self.ctx, self.ctx.clock.now())
 
     async def _answer(

@@ -26,12 +26,11 @@ import json
 import time
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
 
 from ..clock import iso
 from ..context import Context, Slot
 from ..errors import MirrorUnavailable
-from .flight import BeaconLocal
+from .flight import BeaconLocal, BeaconState, Snapshot
 from .queries import Pool, find_pool, pool_from_postgres
 
 # How long a loser with no last copy waits for the holder's snapshot before computing.
@@ -81,8 +80,9 @@ def beacon_local(ctx: Context) -> BeaconLocal:
     return ctx.get(BEACON_LOCAL)
 
 
-def snapshot_from(pool: Pool, now: datetime) -> dict[str, Any]:
+def snapshot_from(pool: Pool, now: datetime) -> Snapshot:
     available = len(pool.available)
+    state: BeaconState
     if available:
         state = "available"
     elif pool.reachable:
@@ -92,7 +92,7 @@ def snapshot_from(pool: Pool, now: datetime) -> dict[str, Any]:
     return {"state": state, "available_count": available, "computed_at": iso(now)}
 
 
-async def get_beacon(ctx: Context, now: datetime) -> dict[str, Any]:
+async def get_beacon(ctx: Context, now: datetime) -> Snapshot:
     """{state, available_count, computed_at}; never raises for a Valkey failure (Postgres
     answers then), DatabaseUnavailable when both are down."""
     try:
@@ -102,7 +102,7 @@ async def get_beacon(ctx: Context, now: datetime) -> dict[str, Any]:
             "beacon", lambda c: ctx.mirror.batched.command("GET", ctx.keys.snapshot)
         )
         if raw is not None:
-            return dict(json.loads(raw))
+            return _parsed(raw)
         return await beacon_local(ctx).flight.run(lambda: _on_miss(ctx, now))
     except MirrorUnavailable:
         return await _beacon_from_postgres(ctx, now)
@@ -117,7 +117,7 @@ def lease_ms(ctx: Context) -> int:
     return int(1000 * min(ttl, max(LEASE_MIN_SECONDS, LEASE_PER_COMPUTATION * guess)))
 
 
-async def _on_miss(ctx: Context, now: datetime) -> dict[str, Any]:
+async def _on_miss(ctx: Context, now: datetime) -> Snapshot:
     """One per instance at a time (single flight): compute under the lock, or serve the
     last copy while another holds it."""
     keys = ctx.keys
@@ -133,7 +133,7 @@ async def _on_miss(ctx: Context, now: datetime) -> dict[str, Any]:
         # our GET and our SET NX: serve that one instead of computing again.
         raw = await ctx.mirror.read("beacon", lambda c: c.get(keys.snapshot))
         if raw is not None:
-            return dict(json.loads(raw))
+            return _parsed(raw)
         snapshot = await _compute(ctx, now, source="valkey")
         released = await ctx.mirror.write(
             "beacon_store",
@@ -155,16 +155,16 @@ async def _on_miss(ctx: Context, now: datetime) -> dict[str, Any]:
             )
 
 
-async def _while_another_computes(ctx: Context, now: datetime) -> dict[str, Any]:
+async def _while_another_computes(ctx: Context, now: datetime) -> Snapshot:
     keys = ctx.keys
     raw = await ctx.mirror.read("beacon", lambda c: c.get(keys.snapshot_last))
     if raw is not None:
-        return dict(json.loads(raw))  # stale: its computed_at says by how much
+        return _parsed(raw)  # stale: its computed_at says by how much
     for _ in range(WAIT_STEPS):
         await asyncio.sleep(WAIT_STEP_SECONDS)
         raw = await ctx.mirror.read("beacon", lambda c: c.get(keys.snapshot))
         if raw is not None:
-            return dict(json.loads(raw))
+            return _parsed(raw)
     # The holder is slow or dead, and there is nothing older to serve: compute, once for
     # this instance (the flight), and share it unless the holder stored one meanwhile.
     snapshot = await _compute(ctx, now, source="valkey_unlocked")
@@ -177,7 +177,7 @@ async def _while_another_computes(ctx: Context, now: datetime) -> dict[str, Any]
     return snapshot
 
 
-async def _compute(ctx: Context, now: datetime, *, source: str) -> dict[str, Any]:
+async def _compute(ctx: Context, now: datetime, *, source: str) -> Snapshot:
     started = time.monotonic()
     snapshot = snapshot_from(await find_pool(ctx, now, reader="beacon"), now)
     beacon_local(ctx).compute_seconds = time.monotonic() - started
@@ -185,12 +185,18 @@ async def _compute(ctx: Context, now: datetime, *, source: str) -> dict[str, Any
     return snapshot
 
 
-def _store_args(ctx: Context, snapshot: dict[str, Any]) -> tuple[str, int, int]:
+def _parsed(raw: str | bytes) -> Snapshot:
+    """A snapshot as `_store_args` stored it."""
+    snapshot: Snapshot = json.loads(raw)
+    return snapshot
+
+
+def _store_args(ctx: Context, snapshot: Snapshot) -> tuple[str, int, int]:
     ttl_ms = ctx.settings.availability_snapshot_ttl_seconds * 1000
     return json.dumps(snapshot), ttl_ms, ttl_ms * LAST_COPY_TTLS
 
 
-async def _beacon_from_postgres(ctx: Context, now: datetime) -> dict[str, Any]:
+async def _beacon_from_postgres(ctx: Context, now: datetime) -> Snapshot:
     ctx.metrics.fallback_reads.labels(reader="beacon").inc()
     local = beacon_local(ctx)
     cached = local.fallback

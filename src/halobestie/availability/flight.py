@@ -10,9 +10,20 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Generic, Literal, TypedDict, TypeVar
 
 T = TypeVar("T")
+
+BeaconState = Literal["available", "busy", "offline"]
+
+
+class Snapshot(TypedDict):
+    """The beacon's answer (SPEC §4), as stored in Valkey (JSON) and served: `computed_at`
+    ISO-8601 UTC."""
+
+    state: BeaconState
+    available_count: int
+    computed_at: str
 
 
 class SingleFlight(Generic[T]):
@@ -51,7 +62,7 @@ class BeaconLocal:
     from one aggregate per customer poll during an outage, (expires at, snapshot), and
     the lock under which one request recomputes it."""
 
-    flight: SingleFlight[dict[str, Any]] = field(default_factory=SingleFlight)
+    flight: SingleFlight[Snapshot] = field(default_factory=SingleFlight)
     compute_seconds: float | None = None
-    fallback: tuple[datetime, dict[str, Any]] | None = None
+    fallback: tuple[datetime, Snapshot] | None = None
     fallback_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

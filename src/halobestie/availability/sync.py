@@ -12,8 +12,9 @@ transitions).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from uuid import UUID
 
 import asyncpg
@@ -38,6 +39,23 @@ WHERE m.id = ANY($1::uuid[])
 """  # noqa: S608
 
 
+@dataclass(frozen=True, slots=True)
+class MitraState:
+    """A mitra's committed state as the mirror holds it (a row of STATE_SQL): UTC times,
+    None for never; `open_sessions` counted from `chat_sessions`."""
+
+    id: UUID
+    is_online: bool
+    is_active: bool
+    last_heartbeat_at: datetime | None
+    last_active_at: datetime | None
+    open_sessions: int
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> MitraState:
+        return cls(**row)
+
+
 async def sync_mitras(ctx: Context, mitra_ids: Sequence[UUID]) -> bool:
     """Mirror these mitras' committed state into Valkey. False when Valkey missed it
     (logged and counted by the mirror; the reseed after reconnect repairs it)."""
@@ -52,8 +70,8 @@ async def sync_mitras(ctx: Context, mitra_ids: Sequence[UUID]) -> bool:
     # VALKEY_OPERATION_TIMEOUT_SECONDS (below that bound).
     async with ctx.db.transaction() as conn:
         await conn.execute(locks.LOCK_MITRAS, locks.NAMESPACE, locks.SEED, ids)
-        rows = await conn.fetch(STATE_SQL, ids)
-        return await ctx.mirror.write("sync_mitras", lambda _: _apply(ctx, rows))
+        states = [MitraState.from_row(row) for row in await conn.fetch(STATE_SQL, ids)]
+        return await ctx.mirror.write("sync_mitras", lambda _: _apply(ctx, states))
 
 
 def mirror_mitras(ctx: Context, mitra_ids: Sequence[UUID]) -> AfterCommit:
@@ -73,16 +91,16 @@ async def recompute_capacity(ctx: Context, mitra_id: UUID) -> bool:
     return await sync_mitras(ctx, [mitra_id])
 
 
-async def _apply(ctx: Context, rows: Sequence[asyncpg.Record]) -> None:
+async def _apply(ctx: Context, states: Sequence[MitraState]) -> None:
     """One Lua call per mitra, all issued at once so the auto-pipeline sends them in one
     write (a Pipeline with a registered script asked SCRIPT EXISTS first: a second round
     trip inside the mitras' locks on every write-through)."""
     keys = ctx.keys
     max_sessions = str(ctx.settings.mitra_max_concurrent_sessions)
 
-    def apply(row: asyncpg.Record) -> Any:
-        mitra_id = str(row["id"])
-        heartbeat = row["last_heartbeat_at"]
+    def apply(state: MitraState) -> Awaitable[object]:
+        mitra_id = str(state.id)
+        heartbeat = state.last_heartbeat_at
         return ctx.mirror.batched.call(
             scripts(ctx).apply_mitra,
             [
@@ -94,13 +112,13 @@ async def _apply(ctx: Context, rows: Sequence[asyncpg.Record]) -> None:
             ],
             [
                 mitra_id,
-                "1" if row["is_online"] else "0",
-                "1" if row["is_active"] else "0",
+                "1" if state.is_online else "0",
+                "1" if state.is_active else "0",
                 iso(heartbeat) if heartbeat is not None else "",
-                str(row["open_sessions"]),
+                str(state.open_sessions),
                 max_sessions,
-                str(epoch_ms(row["last_active_at"])),
+                str(epoch_ms(state.last_active_at)),
             ],
         )
 
-    await asyncio.gather(*(apply(row) for row in rows))
+    await asyncio.gather(*(apply(state) for state in states))
