@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Message, Send
 
 from .errors import error_response
 
@@ -51,6 +51,18 @@ class Cors(CORSMiddleware):
             expose_headers=EXPOSE_HEADERS,
             max_age=MAX_AGE_SECONDS,
         )
+
+    async def send(self, message: Message, send: Send, request_headers: Headers) -> None:
+        origin = request_headers.get("origin")
+        if origin is None or self.is_allowed_origin(origin):
+            await super().send(message, send, request_headers)
+            return
+        # Starlette would still add Access-Control-Expose-Headers: answer as to a client
+        # without an Origin, only varying on it (a cache must not serve it to FRONT).
+        if message["type"] == "http.response.start":
+            message.setdefault("headers", [])
+            MutableHeaders(scope=message).add_vary_header("Origin")
+        await send(message)
 
     def preflight_response(self, request_headers: Headers) -> Response:
         answer = super().preflight_response(request_headers)
