@@ -50,10 +50,21 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from halobestie.migrate import run_migrations
 
-from . import chat_report
+from . import chat_report, profiling
 from .chat_sessions import Pair, make_pairs
-from .infra import REPO, SRC, CpuMeter, Proc, Procs, app_env, load_average, start_servers
+from .infra import (
+    REPO,
+    SRC,
+    CpuMeter,
+    Proc,
+    Procs,
+    Servers,
+    app_env,
+    load_average,
+    start_servers,
+)
 from .loadgen import HttpClient, percentile
+from .pgstats import StatementLog, logging_dsn
 
 SCENARIOS = ("one", "two")
 DRAIN_SECONDS = 15.0  # bound on waiting for the last deliveries of a trial
@@ -61,6 +72,16 @@ DRAIN_SECONDS = 15.0  # bound on waiting for the last deliveries of a trial
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def chat_env(servers: Servers, name: str, database_url: str | None = None) -> dict[str, str]:
+    """An app's environment: the Valkey path, sweeps and timers off (`infra.app_env`), the
+    tree this harness imports, access tokens that outlive the run (no socket is closed
+    for an expired token mid-trial)."""
+    env = app_env(servers, mirror=True, app_name=f"bench-chat-{name}", database_url=database_url)
+    env["PYTHONPATH"] = str(SRC)
+    env["ACCESS_TOKEN_TTL_SECONDS"] = str(2 * 3600)
+    return env
 
 
 def ws_url(proc: Proc, token: str, since: int | None = None) -> str:
@@ -296,7 +317,85 @@ async def replay_trial(app: Proc, pair: Pair, events: int, prefix: str) -> dict[
 # -- the run -----------------------------------------------------------------------------
 
 
-async def main(sessions: list[int], trials: int, seconds: float, replay: int) -> dict[str, Any]:
+async def statements_per_send(
+    servers: Servers, procs: Procs, pair: Pair, count: int = 50
+) -> dict[str, Any]:
+    """Postgres statements per message, counted from Postgres' log (`pgstats.py`): a
+    third app whose connections log every statement holds both parties' sockets, and
+    `count` sends go through it one after the other, each delivered before the window
+    closes. Everything the app runs in the window counts (its socket re-check of logins,
+    every WS_LOGIN_RECHECK_SECONDS, included)."""
+    if servers.pg_log is None:
+        return {"skipped": "needs the embedded Postgres' log file"}
+    stmt_log = StatementLog(servers.pg_log, servers.database_url)
+    await stmt_log.open()
+    dsn = logging_dsn(servers.database_url, "bench-chat-counted")
+    proc = procs.engine("chat-counted", chat_env(servers, "counted", dsn))
+    sent: dict[str, float] = {}
+    got: dict[str, float] = {}
+    statuses: dict[str, int] = {}
+    client = HttpClient(proc.base)
+    mine, _ = await open_socket(ws_url(proc, pair.customer.token))
+    theirs, _ = await open_socket(ws_url(proc, pair.mitra.token))
+    readers = [asyncio.create_task(_drain(mine)), asyncio.create_task(_receive(theirs, sent, got))]
+    try:
+        await client.request("GET", "/healthz")
+
+        async def sends() -> None:
+            for k in range(count):
+                cid = f"counted-{k}"
+                sent[cid] = time.perf_counter()
+                status, _ = await client.send(send_request(pair, cid))
+                statuses[str(status)] = statuses.get(str(status), 0) + 1
+            until = time.perf_counter() + DRAIN_SECONDS
+            while len(got) < len(sent) and time.perf_counter() < until:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+
+        counted = await stmt_log.during(sends)
+    finally:
+        for task in readers:
+            task.cancel()
+        await mine.close()
+        await theirs.close()
+        await asyncio.gather(*readers, return_exceptions=True)
+        await client.close()
+        procs.stop(proc)
+        await stmt_log.close()
+    kinds = {k: round(v / count, 2) for k, v in counted.kinds().items()}
+    per_send = counted.count / count
+    log(f"statements per send: {per_send:.2f} {statuses} {kinds}")
+    return {
+        "sends": count,
+        "delivered": len(got),
+        "statuses": statuses,
+        "per_send": per_send,
+        "kinds_per_send": kinds,
+    }
+
+
+async def profile_send(
+    apps: dict[str, Proc], meter: Meter, pairs: list[Pair], seconds: float
+) -> dict[str, Any]:
+    """One more `one` trial with py-spy recording app A (raw stacks, 200 Hz): where the
+    sending app's CPU goes. Written beside the results as collapsed stacks."""
+    exe = profiling.py_spy()
+    if exe is None:
+        return {"skipped": "py-spy not installed (the bench extra)"}
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    raw = REPO / "benchmarks" / "results" / f"chat-profile-send-{stamp}.txt"
+    recording = profiling.Recording(exe, apps["a"].pid, raw, seconds, rate=200, fmt="raw")
+    trial = await delivery_trial(apps, meter, pairs, "one", seconds, "profile")
+    if await asyncio.to_thread(recording.wait) is None:
+        return {"skipped": "py-spy failed"}
+    summary = chat_report.profile_summary(raw, seconds, 200)
+    summary.update(raw=raw.name, sessions=len(pairs), messages_per_s=trial["messages_per_s"])
+    log(f"profile of app A: {summary}")
+    return summary
+
+
+async def main(
+    sessions: list[int], trials: int, seconds: float, replay: int, profile: bool = False
+) -> dict[str, Any]:
     out: dict[str, Any] = {"sessions": sessions, "trials": trials, "seconds": seconds}
     with tempfile.TemporaryDirectory(prefix="halobestie-chat-") as tmp_name:
         tmp = Path(tmp_name)
@@ -306,10 +405,7 @@ async def main(sessions: list[int], trials: int, seconds: float, replay: int) ->
             await asyncio.to_thread(run_migrations, servers.database_url)
             apps: dict[str, Proc] = {}
             for name in ("a", "b"):
-                env = app_env(servers, mirror=True, app_name=f"bench-chat-{name}")
-                env["ACCESS_TOKEN_TTL_SECONDS"] = "7200"  # noqa: S105 - no socket closed mid-run
-                env["PYTHONPATH"] = str(SRC)  # the apps run the tree this harness imports
-                apps[name] = procs.engine(f"chat-{name}", env)
+                apps[name] = procs.engine(f"chat-{name}", chat_env(servers, name))
             log(f"apps up: a :{apps['a'].port}, b :{apps['b'].port}")
             pairs = await make_pairs(apps["a"].base, servers.database_url, max(sessions) + 1, "run")
             log(f"{len(pairs)} active sessions")
@@ -332,6 +428,9 @@ async def main(sessions: list[int], trials: int, seconds: float, replay: int) ->
                             f"  lost {r['lost']}  errors {r['errors']}"
                         )
                 out["delivery"][str(count)] = {s: summarize(v) for s, v in runs.items()}
+            out["statements"] = await statements_per_send(servers, procs, pairs[0])
+            if profile:
+                out["profile"] = await profile_send(apps, meter, pairs[: max(sessions)], seconds)
             if replay:
                 replays = []
                 for trial in range(trials):
@@ -368,13 +467,16 @@ def cli() -> int:
     parser.add_argument("--trials", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=0.0)
     parser.add_argument("--replay-events", type=int, default=1000, help="0: no replay")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy app A in one more trial (raw stacks)"
+    )
     args = parser.parse_args()
     trials, seconds = (2, 2.0) if args.quick else (5, 5.0)
     trials, seconds = args.trials or trials, args.seconds or seconds
     sessions = [int(s) for s in args.sessions.split(",") if s]
     started = time.perf_counter()
     load_before = load_average()
-    out = asyncio.run(main(sessions, trials, seconds, args.replay_events))
+    out = asyncio.run(main(sessions, trials, seconds, args.replay_events, args.profile))
     out.update(chat_report.environment(SRC, load_before, time.perf_counter() - started))
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     path = REPO / "benchmarks" / "results" / f"chat-{stamp}.json"

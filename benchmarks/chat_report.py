@@ -98,4 +98,63 @@ def markdown(out: dict[str, Any], name: str) -> str:
                 f" `GET /api/events` (500 a page): {_f(replay['rest_ms'], 0)} ms."
                 f" Per trial: {', '.join(_f(r['to_last_ms'], 0) for r in replay['trials'])} ms."
             )
+    stmts = out.get("statements")
+    if stmts is not None:
+        lines.append("")
+        if "skipped" in stmts:
+            lines.append(f"Postgres statements per message: skipped ({stmts['skipped']}).")
+        else:
+            kinds = "; ".join(f"{k} {v:g}" for k, v in stmts["kinds_per_send"].items())
+            lines.append(
+                f"Postgres statements per message sent and delivered (from Postgres' log,"
+                f" {stmts['sends']} sends, one instance): {stmts['per_send']:.2f} ({kinds})."
+            )
+    prof = out.get("profile")
+    if prof is not None:
+        lines.append("")
+        if "skipped" in prof:
+            lines.append(f"Profile: skipped ({prof['skipped']}).")
+        else:
+            shares = ", ".join(f"{k} {v:.0%}" for k, v in prof["self_share"].items())
+            lines.append(
+                f"Profile of app A (py-spy, {prof['sessions']} sessions, one instance,"
+                f" {_f(prof['messages_per_s'], 0)} messages/s while sampled, stacks in"
+                f" `{prof['raw']}`): busy {prof['busy_fraction']:.0%} of the time; its"
+                f" samples by the package of the innermost frame: {shares}."
+            )
     return "\n".join(lines) + "\n"
+
+
+def _package(frame: str) -> str:
+    """`func (pkg/module.py:line)` (py-spy's short paths) -> halobestie.<subpackage>, the
+    top-level package, or the single-file module (`threading`)."""
+    if frame.startswith("Runner.run (asyncio/runners.py"):
+        return "event loop (uvloop's C code: I/O, parsing, callbacks)"
+    path = frame[frame.rfind("(") + 1 :].rsplit(":", 1)[0]
+    parts = path.split("/")
+    if parts[0] == "halobestie" and len(parts) > 2:
+        return "halobestie." + parts[1]
+    return parts[0].removesuffix(".py")
+
+
+def profile_summary(raw: Path, seconds: float, rate: int, top: int = 12) -> dict[str, Any]:
+    """py-spy's raw collapsed stacks of the main thread (the event loop; other threads
+    are the executor's, mostly waiting) -> the share of its busy samples per package of
+    the innermost frame ("self"), and its busy fraction (py-spy does not sample a thread
+    idle in the kernel)."""
+    selfs: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack.startswith("_run_module_as_main") or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        package = _package(stack.split(";")[-1])
+        selfs[package] = selfs.get(package, 0) + n
+    ranked = sorted(selfs.items(), key=lambda kv: -kv[1])[:top]
+    return {
+        "samples": total,
+        "busy_fraction": round(total / max(1.0, seconds * rate), 2),
+        "self_share": {k: round(v / max(1, total), 3) for k, v in ranked},
+    }

@@ -15,9 +15,18 @@ def py_spy() -> str | None:
 
 
 class Recording:
-    """`py-spy record` of one process for a fixed time, written as an SVG flamegraph."""
+    """`py-spy record` of one process for a fixed time, written as an SVG flamegraph (or
+    as raw collapsed stacks)."""
 
-    def __init__(self, exe: str, pid: int, out: Path, seconds: float, rate: int = 100) -> None:
+    def __init__(
+        self,
+        exe: str,
+        pid: int,
+        out: Path,
+        seconds: float,
+        rate: int = 100,
+        fmt: str = "flamegraph",  # or "raw": collapsed stacks, one "frames count" a line
+    ) -> None:
         self.out = out
         self.seconds = seconds
         self.proc = subprocess.Popen(  # noqa: S603
@@ -31,7 +40,7 @@ class Recording:
                 "--rate",
                 str(rate),
                 "--format",
-                "flamegraph",
+                fmt,
                 "--output",
                 str(out),
             ],

@@ -161,6 +161,10 @@ class DatabaseSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
     database_url: str = Field(alias="DATABASE_URL")
+    # A connection that bypasses a pooler in front of DATABASE_URL (PgBouncer in transaction
+    # mode) for what needs a server session of its own: LISTEN, the seed's advisory lock,
+    # the stall reaper, migrations (docs/subsystems/failures.md, "PgBouncer").
+    database_direct_url: str | None = Field(default=None, alias="DATABASE_DIRECT_URL")
 
     @field_validator("database_url")
     @classmethod
@@ -178,6 +182,31 @@ class DatabaseSettings(BaseSettings):
         """What every connection uses (pghosts.connect): the postgresql:// scheme, and
         target_session_attrs=read-write when DATABASE_URL names several hosts."""
         return pghosts.asyncpg_dsn(self.database_url)
+
+    @field_validator("database_direct_url")
+    @classmethod
+    def _check_database_direct_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if urlsplit(value).scheme not in ("postgresql", "postgres"):
+            raise ValueError("DATABASE_DIRECT_URL must start with postgresql:// or postgres://")
+        if not urlsplit(value).path.strip("/"):
+            raise ValueError("DATABASE_DIRECT_URL must name a database (postgresql://host/dbname)")
+        pghosts.check_database_url(value)
+        return value
+
+    @cached_property
+    def direct_dsn(self) -> str:
+        """DATABASE_DIRECT_URL normalised like `asyncpg_dsn`; `asyncpg_dsn` when unset."""
+        if self.database_direct_url is None:
+            return self.asyncpg_dsn
+        return pghosts.asyncpg_dsn(self.database_direct_url)
+
+    @property
+    def database_pooled(self) -> bool:
+        """DATABASE_URL goes through a transaction pooler: a distinct direct URL says so
+        (db.Database then sends no session settings through the pooler)."""
+        return self.direct_dsn != self.asyncpg_dsn
 
 
 class Settings(DatabaseSettings):
@@ -211,10 +240,6 @@ class Settings(DatabaseSettings):
         default=10, alias="AVAILABILITY_SNAPSHOT_TTL_SECONDS"
     )
     mitra_max_concurrent_sessions: PositiveInt = Field(
-    # A connection that bypasses a pooler in front of DATABASE_URL (PgBouncer in transaction
-    # mode) for what needs a server session of its own: LISTEN, the seed's advisory lock,
-    # the stall reaper, migrations (docs/subsystems/failures.md, "PgBouncer").
-    database_direct_url: str | None = Field(default=None, alias="DATABASE_DIRECT_URL")
         default=1, alias="MITRA_MAX_CONCURRENT_SESSIONS"
     )
     pairing_fanout: PositiveInt = Field(default=5, alias="PAIRING_FANOUT")
@@ -233,31 +258,6 @@ class Settings(DatabaseSettings):
     )
     valkey_online_mirror_sweep_seconds: Seconds = Field(
         default=300, alias="VALKEY_ONLINE_MIRROR_SWEEP_SECONDS"
-    @field_validator("database_direct_url")
-    @classmethod
-    def _check_database_direct_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if urlsplit(value).scheme not in ("postgresql", "postgres"):
-            raise ValueError("DATABASE_DIRECT_URL must start with postgresql:// or postgres://")
-        if not urlsplit(value).path.strip("/"):
-            raise ValueError("DATABASE_DIRECT_URL must name a database (postgresql://host/dbname)")
-        pghosts.check_database_url(value)
-        return value
-
-    @cached_property
-    def direct_dsn(self) -> str:
-        """DATABASE_DIRECT_URL normalised like `asyncpg_dsn`; `asyncpg_dsn` when unset."""
-        if self.database_direct_url is None:
-            return self.asyncpg_dsn
-        return pghosts.asyncpg_dsn(self.database_direct_url)
-
-    @property
-    def database_pooled(self) -> bool:
-        """DATABASE_URL goes through a transaction pooler: a distinct direct URL says so
-        (db.Database then sends no session settings through the pooler)."""
-        return self.direct_dsn != self.asyncpg_dsn
-
     )
 
     # Valkey timeouts are short on purpose: a slow mirror is worse than the Postgres
@@ -274,6 +274,12 @@ class Settings(DatabaseSettings):
     ws_login_recheck_seconds: Seconds = Field(default=5.0, alias="WS_LOGIN_RECHECK_SECONDS")
     database_timeout_seconds: Seconds = Field(default=5.0, alias="DATABASE_TIMEOUT_SECONDS")
     database_pool_size: PositiveInt = Field(default=10, alias="DATABASE_POOL_SIZE")
+    # asyncpg's prepared-statement cache per connection; 0 behind PgBouncer in transaction
+    # mode before 1.21 (a named statement prepared on one server connection is unknown on
+    # the next: "prepared statement ... does not exist").
+    database_statement_cache_size: NonNegativeInt = Field(
+        default=100, alias="DATABASE_STATEMENT_CACHE_SIZE", le=10_000
+    )
     # Bounds Postgres enforces on every app connection (db.Bounds). Unset, they follow
     # DATABASE_TIMEOUT_SECONDS (see the `*_bound` properties for the ratios and why).
     database_statement_timeout_seconds: Seconds | None = Field(
@@ -331,12 +337,24 @@ class Settings(DatabaseSettings):
                     f"{name} is the development default; set a real secret "
                     "(or HALOBESTIE_ENV=dev on a laptop)"
                 )
-    # asyncpg's prepared-statement cache per connection; 0 behind PgBouncer in transaction
-    # mode before 1.21 (a named statement prepared on one server connection is unknown on
-    # the next: "prepared statement ... does not exist").
-    database_statement_cache_size: NonNegativeInt = Field(
-        default=100, alias="DATABASE_STATEMENT_CACHE_SIZE", le=10_000
-    )
+        return self
+
+    @model_validator(mode="after")
+    def _check_valkey_cluster(self) -> Settings:
+        """Cluster mode needs every key in one slot: Lua scripts and the seed's swap touch
+        several keys at once, which a cluster allows only within one slot."""
+        if not self.valkey_cluster:
+            return self
+        if self.valkey_sentinels:
+            raise ValueError("VALKEY_CLUSTER=true and VALKEY_SENTINELS exclude each other")
+        if hash_tag(self.valkey_key_prefix) is None:
+            raise ValueError(
+                "VALKEY_CLUSTER=true needs a hash tag in VALKEY_KEY_PREFIX (e.g."
+                f" VALKEY_KEY_PREFIX={{hb}}:) so that every key shares one slot;"
+                f" got {self.valkey_key_prefix!r}"
+            )
+        if urlsplit(self.valkey_url).path.strip("/") not in ("", "0"):
+            raise ValueError("VALKEY_CLUSTER=true: VALKEY_URL must use database 0 (or none)")
         return self
 
     @model_validator(mode="after")

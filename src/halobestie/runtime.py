@@ -51,6 +51,7 @@ class Runtime:
             operation_timeout=settings.valkey_operation_timeout_seconds,
             probe_interval=settings.valkey_probe_interval_seconds,
             enabled=settings.valkey_mirror_enabled,
+            home_key=keys.seeded,
         )
         self.ctx = Context(
             settings=settings,
