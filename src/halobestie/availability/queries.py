@@ -60,20 +60,29 @@ YIELD_EVERY = 10
 
 
 async def _pool_from_valkey(ctx: Context, client: Client, now: datetime) -> dict[str, int]:
-    keys = ctx.keys
-    # online - deactivated, from one consistent instant (MULTI), computed here: SDIFF
-    # builds its answer as a new set inside Valkey, which measured 5 ms of server time at
-    # 10k online (SMEMBERS: 0.3 ms) and blocks every other client meanwhile.
-    async with client.pipeline(transaction=True) as pipe:
-        pipe.smembers(keys.online)
-        pipe.smembers(keys.deactivated)
-        online, deactivated = await pipe.execute()
+    keys, cutoff = ctx.keys, iso(stale_cutoff(ctx, now))
+    return await on_connection(client, lambda conn: _read_pool(conn, keys, cutoff), keys.online)
+
+
+async def _read_pool(conn: Any, keys: Keys, cutoff: str) -> dict[str, int]:
+    """online - deactivated, from one consistent instant, computed here: SDIFF builds its
+    answer as a new set inside Valkey, which measured 5 ms of server time at 10k online
+    (SMEMBERS: 0.3 ms) and blocks every other client meanwhile. The instant is a MULTI
+    on this one connection, which a cluster's node takes too (both keys share its slot,
+    cluster.py), where valkey-py's cluster client has no transactions."""
+    await conn.send_packed_command(
+        conn.pack_commands(
+            [("MULTI",), ("SMEMBERS", keys.online), ("SMEMBERS", keys.deactivated), ("EXEC",)]
+        ),
+        check_health=False,
+    )
+    for _ in range(3):  # OK, QUEUED, QUEUED
+        await conn.read_response()
+    online, deactivated = await conn.read_response()
     ids = list(set(online).difference(deactivated))
     if not ids:
         return {}
-    return await on_connection(
-        client, lambda conn: _read_loads(conn, ids, keys, iso(stale_cutoff(ctx, now)))
-    )
+    return await _read_loads(conn, ids, keys, cutoff)
 
 
 async def _read_loads(conn: Any, ids: list[str], keys: Keys, cutoff: str) -> dict[str, int]:

@@ -24,6 +24,7 @@ class Scripts:
     merge_heartbeats: Any
     pick_offers: Any
     merge_ranked: Any
+    swap_in: Any
 
     @property
     def all(self) -> tuple[Any, ...]:
@@ -34,6 +35,7 @@ class Scripts:
             self.merge_heartbeats,
             self.pick_offers,
             self.merge_ranked,
+            self.swap_in,
         )
 
     @classmethod
@@ -45,6 +47,7 @@ class Scripts:
             merge_heartbeats=client.register_script(_lua("merge_heartbeats")),
             pick_offers=client.register_script(_lua("pick_offers")),
             merge_ranked=client.register_script(_lua("merge_ranked")),
+            swap_in=client.register_script(_lua("swap_in")),
         )
 
 

@@ -2,9 +2,11 @@
 
 Runs at startup, on every Valkey reconnect (new server lifetime), on the reseed sweep
 and by hand (`POST /api/admin/availability/reseed`). Under `locked_truth` (the seed
-advisory lock, one REPEATABLE READ snapshot) it swaps each set in
-with MULTI (build a temporary key, RENAME over the live one), so readers see either the
-old set or the new one, never half of it.
+advisory lock, one REPEATABLE READ snapshot) it builds each set beside the live one,
+then swaps them all in with one Lua script (RENAME over the live keys, with the
+capacities), so readers see either the old sets or the new ones, never half of them.
+One script rather than MULTI: atomic on a Valkey Cluster's node too (VALKEY_CLUSTER),
+where valkey-py's cluster client has no transactions.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from .truth import MirrorState, locked_truth
 
 log = get_logger(__name__)
 CHUNK = 1000
+# The sets being built expire unless swapped in: a seed killed halfway leaves nothing.
+# Far above a seed's duration (~2 s at 100k online); swap_in.lua refuses a set that
+# expired or is short.
+BUILD_EXPIRY_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -77,43 +83,54 @@ def _chunks(items: Sequence[str], size: int = CHUNK) -> Iterator[Sequence[str]]:
         yield items[start : start + size]
 
 
-async def _swap_set(pipe: Any, live: str, tmp: str, members: Iterable[str]) -> None:
+async def _build_set(client: Client, tmp: str, members: Iterable[str]) -> int:
+    """The new set beside the live one, expiring like the ranked index's (a seed killed
+    before its swap leaves nothing behind); its size."""
     ordered = sorted(members)
-    pipe.delete(tmp)
-    for chunk in _chunks(ordered):
-        pipe.sadd(tmp, *chunk)
-    if ordered:
-        pipe.rename(tmp, live)
-    else:
-        pipe.delete(live)
+    await client.delete(tmp)
+    for n, chunk in enumerate(_chunks(ordered)):
+        await client.sadd(tmp, *chunk)
+        if n == 0:
+            await client.expire(tmp, BUILD_EXPIRY_SECONDS)
+    return len(ordered)
 
 
 async def _write(ctx: Context, client: Client, truth: MirrorState) -> SeedCounts:
     keys = ctx.keys
     token = uuid.uuid4().hex
-    # The ranked index is built beside the live one first (merged so that no turn moves
-    # backwards, see merge_ranked.lua), then swapped in with the sets.
+    online_tmp, deactivated_tmp = (
+        keys.seed_tmp(f"online:{token}"),
+        keys.seed_tmp(f"deactivated:{token}"),
+    )
+    # The new sets are built beside the live ones first (the ranked index merged so that
+    # no turn moves backwards, see merge_ranked.lua), then swapped in with the capacities
+    # by one script (swap_in.lua): atomic on one server and on a cluster's node alike.
     ranked_tmp = keys.seed_tmp(f"ranked:{token}")
     await client.delete(ranked_tmp)
     pairs = sorted(truth.ranked.items())
     for start in range(0, len(pairs), CHUNK):
         flat = [str(x) for pair in pairs[start : start + CHUNK] for x in pair]
         await scripts(ctx).merge_ranked(keys=[keys.ranked, ranked_tmp], args=flat, client=client)
-    async with client.pipeline(transaction=True) as pipe:
-        await _swap_set(pipe, keys.online, keys.seed_tmp(f"online:{token}"), truth.online)
-        await _swap_set(
-            pipe, keys.deactivated, keys.seed_tmp(f"deactivated:{token}"), truth.deactivated
-        )
-        if pairs:
-            pipe.rename(ranked_tmp, keys.ranked)
-            pipe.persist(keys.ranked)  # RENAME keeps the temporary key's expiry
-        else:
-            pipe.delete(keys.ranked)
-        if truth.capacities:
-            pipe.mset({keys.capacity(m): str(n) for m, n in truth.capacities.items()})
-        # The beacon must not keep answering from the mirror we just replaced.
-        pipe.delete(keys.snapshot)
-        await pipe.execute()
+    sizes = [
+        await _build_set(client, online_tmp, truth.online),
+        await _build_set(client, deactivated_tmp, truth.deactivated),
+        len(pairs),
+    ]
+    capacities = sorted(truth.capacities.items())
+    await scripts(ctx).swap_in(
+        keys=[
+            keys.online,
+            keys.deactivated,
+            keys.ranked,
+            online_tmp,
+            deactivated_tmp,
+            ranked_tmp,
+            keys.snapshot,
+            *(keys.capacity(m) for m, _ in capacities),
+        ],
+        args=[*sizes, *(str(n) for _, n in capacities)],
+        client=client,
+    )
 
     # Heartbeats merge (never backwards), then keys of mitras that are not online go:
     # the heartbeat script only writes for members of the new online set, so none can

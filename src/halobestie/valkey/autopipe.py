@@ -18,7 +18,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from valkey.exceptions import NoScriptError, ResponseError
+from valkey.exceptions import AskError, NoScriptError, ResponseError
 
 from .wire import on_connection
 
@@ -109,11 +109,16 @@ class AutoPipeline:
             for _ in commands:
                 try:
                     replies.append(await conn.read_response())
+                except AskError:  # cluster: the slot moved; the whole batch fails over
+                    raise
                 except ResponseError as exc:
                     replies.append(exc)
             return replies
 
-        return await on_connection(self._client, write_then_read)
+        # Every key of the mirror shares one slot: the first key routes the batch.
+        first = commands[0]
+        key = first[3] if first[0] == "EVALSHA" else first[1]
+        return await on_connection(self._client, write_then_read, str(key))
 
     def _retry_alone(
         self, script: Any, keys: Sequence[str], args: Sequence[str], future: asyncio.Future[Any]

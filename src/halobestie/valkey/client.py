@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 import valkey.asyncio as valkey_async
 from valkey.asyncio.connection import Connection
 from valkey.backoff import NoBackoff
 from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import TimeoutError as ValkeyTimeoutError
-from valkey.exceptions import ValkeyError
+from valkey.exceptions import ValkeyClusterException, ValkeyError
 from valkey.retry import Retry
 from valkey.utils import LIBVALKEY_AVAILABLE
 
+from .cluster import cluster_client
 from .topology import ValkeyEndpoint, sentinel_client
 
 # valkey-py shares its command stubs between the sync and asyncio clients, so every
@@ -30,7 +31,14 @@ from .topology import ValkeyEndpoint, sentinel_client
 # boundary is cheaper than a cast at every call site.
 Client: TypeAlias = Any
 # Everything a dead or slow Valkey can raise through valkey-py.
-VALKEY_FAILURES: tuple[type[BaseException], ...] = (ValkeyError, OSError, asyncio.TimeoutError)
+# ValkeyClusterException is no ValkeyError: a cluster client raises it when no node
+# answers its discovery (VALKEY_CLUSTER).
+VALKEY_FAILURES: tuple[type[BaseException], ...] = (
+    ValkeyError,
+    ValkeyClusterException,
+    OSError,
+    asyncio.TimeoutError,
+)
 
 
 class _CPackedCommands:
@@ -86,6 +94,10 @@ def connect(
     client: valkey_async.Valkey
     if target.sentinels:
         client = sentinel_client(target, options, operation_timeout)
+    elif target.cluster:  # the C packer goes into its nodes' connections (cluster.py)
+        packer = _CPackedCommands if LIBVALKEY_AVAILABLE else None
+        # Not a Valkey subclass, but it answers the same commands its callers send.
+        return cast(valkey_async.Valkey, cluster_client(target.url, options, packer))
     else:
         client = valkey_async.Valkey.from_url(target.url, **options)
     _pack_in_c(client)  # before the first connection is made

@@ -1,7 +1,10 @@
 """Every Valkey key the project uses, built in one place.
 
 The names are part of the contract (SPEC §1): operators and tests read them. A prefix
-(VALKEY_KEY_PREFIX, default empty) lets several deployments share one Valkey.
+(VALKEY_KEY_PREFIX, default empty) lets several deployments share one Valkey. Every key
+and the event channel start with it, the seed's temporary keys and the locks included: on
+a Valkey Cluster (VALKEY_CLUSTER) the prefix holds a hash tag (`{hb}:`), so all of them
+hash to one slot and the scripts and the seed's swap, which touch several, run there.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from valkey.asyncio.connection import Connection
+from valkey.exceptions import ResponseError
 
 from ..errors import MirrorUnavailable, ServiceUnavailable
 from ..logs import get_logger
@@ -30,6 +31,7 @@ from ..metrics import Metrics
 from .autopipe import AutoPipeline
 from .breaker import Breaker
 from .client import VALKEY_FAILURES, Client, connect
+from .cluster import MirrorCluster
 from .topology import ValkeyEndpoint
 
 __all__ = ["VALKEY_FAILURES", "Client", "Mirror"]
@@ -48,8 +50,12 @@ class Mirror:
         operation_timeout: float,
         probe_interval: float,
         enabled: bool = True,
+        home_key: str = "",
     ) -> None:
         self.metrics = metrics
+        # A key of the mirror. In cluster mode (VALKEY_CLUSTER) every key shares its slot,
+        # and the primary that serves it is the server whose lifetime counts.
+        self._home_key = home_key
         self.probe_interval = probe_interval
         # Disabled = the design before the mirror (every read and heartbeat on Postgres);
         # kept runnable so benchmarks can measure both in one run.
@@ -174,13 +180,28 @@ class Mirror:
             ),
             None,
         )
+        if isinstance(self.client, MirrorCluster):
+            # Connections to the cluster's other nodes say nothing about the mirror's
+            # server; the one that serves its slot answers a key command without MOVED.
+            await conn.send_command("EXISTS", self._home_key)
+            try:
+                await conn.read_response()
+            except ResponseError:
+                return
         expected = self._seeded_run_id if self.trusted else self._seeding_run_id
         if expected is not None and run_id != expected:
             log.warning("valkey_restarted", run_id=run_id)
             self._distrust()
 
     async def current_run_id(self) -> str:
-        info = await self.client.info("server")
+        """The run_id of the server holding the mirror (in cluster mode, of the primary
+        that serves its slot)."""
+        client = self.client
+        if isinstance(client, MirrorCluster):
+            await client.initialize()
+            info = await client.info("server", target_nodes=client.owner(self._home_key))
+        else:
+            info = await client.info("server")
         return str(info["run_id"])
 
     # -- the probe ---------------------------------------------------------------

@@ -33,6 +33,8 @@ class ValkeyEndpoint:
     url: str
     sentinels: tuple[tuple[str, int], ...] = ()
     sentinel_master: str = "mymaster"
+    # VALKEY_CLUSTER: `url` names a node of a Valkey Cluster (cluster.py).
+    cluster: bool = False
 
 
 def endpoint(settings: Settings) -> ValkeyEndpoint:
@@ -41,6 +43,7 @@ def endpoint(settings: Settings) -> ValkeyEndpoint:
         url=settings.valkey_client_url,
         sentinels=settings.valkey_sentinels,
         sentinel_master=settings.valkey_sentinel_master,
+        cluster=settings.valkey_cluster,
     )
 
 

