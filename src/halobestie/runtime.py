@@ -65,11 +65,11 @@ class Runtime:
                     idle_in_transaction=settings.idle_in_transaction_bound,
                 ),
                 metrics=metrics,
+                statement_cache_size=settings.database_statement_cache_size,
+                direct_dsn=settings.direct_dsn,
             ),
             mirror=mirror,
             keys=keys,
-                statement_cache_size=settings.database_statement_cache_size,
-                direct_dsn=settings.direct_dsn,
             metrics=metrics,
             clock=clock or SystemClock(),
         )
