@@ -10,8 +10,9 @@ sessions they describe; `chat_sessions` stays the truth they are counted from.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 from uuid import UUID
+
+import asyncpg
 
 from ..concepts import open_session
 
@@ -26,7 +27,9 @@ WHERE id = $1
 """  # noqa: S608
 
 
-async def record_session_change(conn: Any, mitra_id: UUID, active_at: datetime | None) -> None:
+async def record_session_change(
+    conn: asyncpg.Connection, mitra_id: UUID, active_at: datetime | None
+) -> None:
     """Inside the caller's transaction, after it changed one of this mitra's sessions:
     recount its open sessions; `active_at` (a session started or ended then; None for a
     change that is neither, e.g. payment) moves `last_active_at`, never backwards."""

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
+
 from .. import concepts
 from ..clock import iso
 from ..context import Context
@@ -118,7 +120,7 @@ LIMIT $4
 
 
 async def window_from_postgres(
-    ctx: Context, conn: Any, *, fanout: int, exclude: Sequence[str], now: datetime
+    ctx: Context, conn: asyncpg.Connection, *, fanout: int, exclude: Sequence[str], now: datetime
 ) -> list[Contender]:
     """The first `fanout * WINDOW_PER_OFFER` available mitras in index order (without
     the turns taken by offers, which only the pairing knows in Postgres). One index walk."""
@@ -138,7 +140,7 @@ WHERE id = ANY($1::uuid[]) AND is_online AND is_active AND open_sessions < $2
 """
 
 
-async def offerable(ctx: Context, conn: Any, mitra_ids: Sequence[str]) -> set[str]:
+async def offerable(ctx: Context, conn: asyncpg.Connection, mitra_ids: Sequence[str]) -> set[str]:
     """Postgres' last word: those of these mitras that are online, active and below
     capacity in committed state (the mirror may lag a write by a moment). One
     primary-key lookup per id."""

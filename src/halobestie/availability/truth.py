@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+
+import asyncpg
 
 from ..clock import iso
 from ..concepts import open_session
@@ -44,7 +45,7 @@ WHERE {open_session()} GROUP BY mitra_id
 """  # noqa: S608
 
 
-async def read_truth(conn: Any, max_sessions: int) -> MirrorState:
+async def read_truth(conn: asyncpg.Connection, max_sessions: int) -> MirrorState:
     online: set[str] = set()
     deactivated: set[str] = set()
     heartbeats: dict[str, str] = {}
