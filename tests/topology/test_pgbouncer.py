@@ -384,7 +384,8 @@ async def test_without_its_settings_the_app_breaks_behind_pgbouncer(
     clean: Servers, pg: asyncpg.Connection, tmp_path: Path, pgbouncer_binary: Path
 ) -> None:
     """What DATABASE_STATEMENT_CACHE_SIZE=0, the bounds moved to the role and the direct
-    connection are for, one by one, on plain asyncpg connections through PgBouncer."""
+    connection are for, one by one, on plain asyncpg connections through PgBouncer; and
+    the warning of an instance whose role does not hold the bounds."""
     database = database_of(clean.database_url)
     async with asyncio.timeout(60), pgbouncer(clean.database_url) as bouncer:
         url = bouncer.url(database)
@@ -416,6 +417,14 @@ async def test_without_its_settings_the_app_breaks_behind_pgbouncer(
         finally:
             await holder.close()
             await other.close()
+
+        # 4. An instance whose role holds no bounds starts, and says what to run.
+        env = {"DATABASE_URL": url, "DATABASE_DIRECT_URL": clean.database_url}
+        async with serve_process(clean, tmp_path, "unbounded", **env) as inst:
+            await inst.wait_serving()
+            log = inst.log.read_text(errors="replace")
+        assert "postgres_bounds_not_enforced" in log, log
+        assert "ALTER ROLE postgres SET statement_timeout = '4000ms';" in log, log
 
     # PgBouncer stopped: its server connections, and the leaked lock, are gone.
     async def released() -> bool:
