@@ -360,5 +360,6 @@ async def test_promoting_the_standby_under_load_costs_only_retryable_503s_on_wri
             f" writes 503 from {min(c.start for c in refused) - timeline.crashed:+.2f}s after"
             f" the crash to {last_503:+.2f}s after the promotion; first write 200 after the"
             f" promotion: {', '.join(f'{k} {v:.2f}s' for k, v in first_ok.items())};"
-            f" every timer fired by {timers_done.total_seconds():.2f}s after it\n{summary}"
+            f" every timer fired by {timers_done.total_seconds():.2f}s after it; a 503 took"
+            f" {max(c.end - c.start for c in refused) * 1000:.0f} ms at most\n{summary}"
         )
