@@ -10,8 +10,8 @@ and the newest RECENT_ROWS status changes only.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 from uuid import UUID
 
 from ..availability.beacon import get_beacon
@@ -191,6 +191,21 @@ FROM mitras m JOIN users u ON u.id = m.id
 WHERE m.id > $1 {condition}
 ORDER BY m.id LIMIT $2
 """
+
+
+@dataclass(frozen=True, slots=True)
+class _Listed:
+    """A row of PAGE_SQL: a mitra as the list reads it from Postgres."""
+
+    id: UUID
+    email: str
+    display_name: str
+    is_online: bool
+    is_active: bool
+    last_heartbeat_at: datetime | None
+    open_sessions: int
+
+
 # Each condition is served in id order by an index: the primary key, or the partial
 # indexes of online and deactivated mitras.
 CONDITIONS: dict[str, str] = {
@@ -226,15 +241,15 @@ async def _heartbeats(ctx: Context, ids: list[str]) -> dict[str, str | None] | N
 
 
 def _state(
-    row: Any, heartbeat: datetime | None, stale_before: datetime, capacity: int
+    row: _Listed, heartbeat: datetime | None, stale_before: datetime, capacity: int
 ) -> MitraState:
-    if not row["is_active"]:
+    if not row.is_active:
         return "deactivated"
-    if not row["is_online"]:
+    if not row.is_online:
         return "offline"
     if heartbeat is None or heartbeat <= stale_before:
         return "stale"
-    return "busy" if row["open_sessions"] >= capacity else "available"
+    return "busy" if row.open_sessions >= capacity else "available"
 
 
 async def mitra_page(
@@ -248,36 +263,36 @@ async def mitra_page(
     cursor = after or FIRST_ID
     derived = filter_ in DERIVED
     sql = PAGE_SQL.format(condition=CONDITIONS[filter_])
-    picked: list[tuple[Any, datetime | None, MitraState]] = []
+    picked: list[tuple[_Listed, datetime | None, MitraState]] = []
     next_after: str | None = None
     from_valkey = True
     scanned = 0
     async with ctx.db.connection() as conn:
         while True:
             want = min(max(limit * 4, 200), SCAN_LIMIT - scanned) if derived else limit + 1
-            rows = await conn.fetch(sql, cursor, want)
+            rows = [_Listed(**r) for r in await conn.fetch(sql, cursor, want)]
             scanned += len(rows)
-            valkey = await _heartbeats(ctx, [str(r["id"]) for r in rows if r["is_online"]])
+            valkey = await _heartbeats(ctx, [str(r.id) for r in rows if r.is_online])
             from_valkey = from_valkey and valkey is not None
             for row in rows:
-                beat = row["last_heartbeat_at"]
-                seen = (valkey or {}).get(str(row["id"]))
+                beat = row.last_heartbeat_at
+                seen = (valkey or {}).get(str(row.id))
                 if seen is not None:
                     beat = max(parse_iso(seen), beat or parse_iso(seen))
                 state = _state(row, beat, stale_before, capacity)
                 if derived and state != filter_:
                     continue
                 if len(picked) == limit:  # one more exists: the page is full
-                    next_after = str(picked[-1][0]["id"])
+                    next_after = str(picked[-1][0].id)
                     break
                 picked.append((row, beat, state))
             if next_after is not None or len(rows) < want:
                 break  # full, or the end of the list
-            cursor = rows[-1]["id"]
+            cursor = rows[-1].id
             if scanned >= SCAN_LIMIT:
                 next_after = str(cursor)  # a short page: the next one goes on from here
                 break
-        ids = [r["id"] for r, _, _ in picked]
+        ids = [r.id for r, _, _ in picked]
         sessions = await conn.fetch(OPEN_SQL, ids) if ids else []
     by_mitra: dict[UUID, list[OpenSession]] = {}
     payment_window = timedelta(seconds=settings.payment_timeout_seconds)
@@ -295,17 +310,17 @@ async def mitra_page(
     return MitraPage(
         mitras=[
             MitraRow(
-                id=str(row["id"]),
-                email=row["email"],
-                display_name=row["display_name"],
+                id=str(row.id),
+                email=row.email,
+                display_name=row.display_name,
                 state=state,
-                is_online=row["is_online"],
-                is_active=row["is_active"],
-                open_sessions=row["open_sessions"],
+                is_online=row.is_online,
+                is_active=row.is_active,
+                open_sessions=row.open_sessions,
                 capacity=capacity,
                 last_heartbeat_at=iso(beat) if beat else None,
                 heartbeat_age_seconds=round((now - beat).total_seconds(), 1) if beat else None,
-                sessions=by_mitra.get(row["id"], []),
+                sessions=by_mitra.get(row.id, []),
             )
             for row, beat, state in picked
         ],
