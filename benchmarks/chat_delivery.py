@@ -1,7 +1,8 @@
 """Chat delivery (issue 11 point 5): message send -> `message.created` on the other
 party's socket, on one instance and through two, and a reconnect replaying missed events.
 
-    .venv/bin/python -m benchmarks.chat_delivery [--quick] [--sessions 1,8]
+    .venv/bin/python -m benchmarks.chat_delivery [--quick] [--sessions 1,8] [--profile]
+        [--base-src /path/to/other/src]
     ./scripts/bench --chat [--quick]                       # the same
 
 Two app processes served as `halobestie serve` serves them (uvicorn, one worker, sweeps
@@ -20,11 +21,17 @@ is the messages delivered over the trial, first send to last arrival. Trials alt
 the two scenarios; figures are medians of trials. Each trial also reads the CPU time of
 both apps, Postgres, Valkey and this client per message.
 
-Replay: the mitra of one session reads its `last_seq` (the `ready` frame, SPEC §6) and
-disconnects, the customer sends `--replay-events` messages (each one event for the mitra),
-then the mitra reconnects with `/ws?since=<last_seq>`: time from the connect to the last
-missed event, every seq checked to arrive once and in order; and the same events over
-`GET /api/events?after=` pages of 500. Skipped, and said, when the tree has no `since`.
+With `--base-src`, another tree's two apps (on a Valkey of their own) take their turns
+in the same trials: the cost of a change to the send path, side by side (`base_one`,
+`base_two`). Postgres statements per message are counted from Postgres' log
+(`chat_costs.py`); `--profile` samples app A with py-spy during one more trial.
+
+Replay (`chat_replay.py`, this tree only): the mitra of one session reads its `last_seq`
+(the `ready` frame, SPEC §6) and disconnects, the customer sends `--replay-events`
+messages (each one event for the mitra), then the mitra reconnects with
+`/ws?since=<last_seq>`: time from the connect to the last missed event, every seq checked
+to arrive once and in order; and the same events over `GET /api/events?after=` pages of
+500. Skipped, and said, when the tree has no `since`.
 
 Results: benchmarks/results/chat-<timestamp>.json and .md.
 """
@@ -46,25 +53,24 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     __package__ = "benchmarks"
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 
+from halobestie.devservers import EmbeddedValkey
 from halobestie.migrate import run_migrations
 
-from . import chat_report, profiling
-from .chat_sessions import Pair, make_pairs
-from .infra import (
-    REPO,
-    SRC,
-    CpuMeter,
-    Proc,
-    Procs,
-    Servers,
-    app_env,
-    load_average,
-    start_servers,
+from . import chat_costs, chat_replay, chat_report, profiling
+from .chat_sessions import (
+    Pair,
+    chat_env,
+    drain,
+    make_pairs,
+    open_socket,
+    receive,
+    send_request,
+    ws_url,
 )
+from .infra import REPO, SRC, CpuMeter, Proc, Procs, Servers, load_average, start_servers
 from .loadgen import HttpClient, percentile
-from .pgstats import StatementLog, logging_dsn
 
 SCENARIOS = ("one", "two")
 DRAIN_SECONDS = 15.0  # bound on waiting for the last deliveries of a trial
@@ -74,54 +80,7 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def chat_env(servers: Servers, name: str, database_url: str | None = None) -> dict[str, str]:
-    """An app's environment: the Valkey path, sweeps and timers off (`infra.app_env`), the
-    tree this harness imports, access tokens that outlive the run (no socket is closed
-    for an expired token mid-trial)."""
-    env = app_env(servers, mirror=True, app_name=f"bench-chat-{name}", database_url=database_url)
-    env["PYTHONPATH"] = str(SRC)
-    env["ACCESS_TOKEN_TTL_SECONDS"] = str(2 * 3600)
-    return env
-
-
-def ws_url(proc: Proc, token: str, since: int | None = None) -> str:
-    query = f"?token={token}" + ("" if since is None else f"&since={since}")
-    return f"ws://127.0.0.1:{proc.port}/ws{query}"
-
-
-async def open_socket(url: str) -> tuple[ClientConnection, dict[str, Any]]:
-    ws = await connect(url, open_timeout=10, close_timeout=2, max_size=None)
-    ready = json.loads(await asyncio.wait_for(ws.recv(), 10))
-    if ready.get("type") != "ready":
-        await ws.close()
-        raise RuntimeError(f"first frame is not ready: {ready}")
-    return ws, ready
-
-
-def send_request(pair: Pair, cid: str) -> bytes:
-    body = {"client_message_id": cid, "body": f"benchmark message {cid}"}
-    return HttpClient.build(
-        "POST", f"/api/sessions/{pair.session_id}/messages", pair.customer.auth, body
-    )
-
-
 # -- delivery ----------------------------------------------------------------------------
-
-
-async def _drain(ws: ClientConnection) -> None:
-    """Reads and drops every frame (the sender's own echoes)."""
-    async for _ in ws:
-        pass
-
-
-async def _receive(ws: ClientConnection, sent: dict[str, float], got: dict[str, float]) -> None:
-    async for raw in ws:
-        now = time.perf_counter()
-        event = json.loads(raw)
-        if event.get("type") == "message.created":
-            cid = event["data"]["message"]["client_message_id"]
-            if cid in sent and cid not in got:
-                got[cid] = now
 
 
 async def _sender(
@@ -185,8 +144,8 @@ async def delivery_trial(
             mine, _ = await open_socket(ws_url(sender_app, pair.customer.token))
             theirs, _ = await open_socket(ws_url(receiver_app, pair.mitra.token))
             sockets += [mine, theirs]
-            readers.append(asyncio.create_task(_drain(mine)))
-            readers.append(asyncio.create_task(_receive(theirs, sent, got)))
+            readers.append(asyncio.create_task(drain(mine)))
+            readers.append(asyncio.create_task(receive(theirs, sent, got)))
         before = meter.snapshot()
         deadline = time.perf_counter() + seconds
         await asyncio.gather(
@@ -239,138 +198,7 @@ def summarize(trials: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-# -- replay ------------------------------------------------------------------------------
-
-
-async def _send_many(base: str, pair: Pair, prefix: str, count: int, concurrency: int) -> None:
-    queue = iter(range(count))
-
-    async def worker() -> None:
-        client = HttpClient(base)
-        try:
-            for k in queue:
-                status, body = await client.send(send_request(pair, f"{prefix}-{k}"))
-                if status != 201:
-                    raise RuntimeError(f"send: {status} {body[:200]!r}")
-        finally:
-            await client.close()
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-
-
-async def _rest_catch_up(base: str, pair: Pair, since: int, last: int) -> float | None:
-    """Seconds to page `GET /api/events?after=` from `since` to `last`; None without it."""
-    client = HttpClient(base)
-    try:
-        started, after = time.perf_counter(), since
-        while after < last:
-            status, body = await client.request(
-                "GET", f"/api/events?after={after}&limit=500", pair.mitra.auth
-            )
-            if status == 404:
-                return None
-            if status != 200 or not body["events"]:
-                raise RuntimeError(f"GET /api/events: {status} {body}")
-            after = body["events"][-1]["seq"]
-        return time.perf_counter() - started
-    finally:
-        await client.close()
-
-
-async def replay_trial(app: Proc, pair: Pair, events: int, prefix: str) -> dict[str, Any] | None:
-    """None when this tree's `ready` has no `last_seq` (no `?since=`)."""
-    ws, ready = await open_socket(ws_url(app, pair.mitra.token))
-    await ws.close()
-    since = ready["data"].get("last_seq")
-    if since is None:
-        return None
-    await _send_many(app.base, pair, prefix, events, concurrency=8)
-    started = time.perf_counter()
-    ws, ready = await open_socket(ws_url(app, pair.mitra.token, since))
-    ready_at = time.perf_counter()
-    last = int(ready["data"]["last_seq"])
-    seqs: list[int] = []
-    try:
-        while not seqs or seqs[-1] < last:
-            event = json.loads(await asyncio.wait_for(ws.recv(), 30))
-            if "seq" in event:
-                seqs.append(int(event["seq"]))
-            elif event.get("type") == "resync_required":
-                raise RuntimeError(f"resync_required after since={since}: {event}")
-    finally:
-        done = time.perf_counter()
-        await ws.close()
-    if seqs != list(range(since + 1, last + 1)):
-        raise RuntimeError(f"replay not 1..n: since {since}, last {last}, got {len(seqs)}")
-    rest = await _rest_catch_up(app.base, pair, since, last)
-    return {
-        "since": since,
-        "replayed": len(seqs),
-        "to_ready_ms": (ready_at - started) * 1000,
-        "to_last_ms": (done - started) * 1000,
-        "events_per_s": len(seqs) / (done - started),
-        "rest_ms": None if rest is None else rest * 1000,
-        "load_average": load_average()[0],
-    }
-
-
 # -- the run -----------------------------------------------------------------------------
-
-
-async def statements_per_send(
-    servers: Servers, procs: Procs, pair: Pair, count: int = 50
-) -> dict[str, Any]:
-    """Postgres statements per message, counted from Postgres' log (`pgstats.py`): a
-    third app whose connections log every statement holds both parties' sockets, and
-    `count` sends go through it one after the other, each delivered before the window
-    closes. Everything the app runs in the window counts (its socket re-check of logins,
-    every WS_LOGIN_RECHECK_SECONDS, included)."""
-    if servers.pg_log is None:
-        return {"skipped": "needs the embedded Postgres' log file"}
-    stmt_log = StatementLog(servers.pg_log, servers.database_url)
-    await stmt_log.open()
-    dsn = logging_dsn(servers.database_url, "bench-chat-counted")
-    proc = procs.engine("chat-counted", chat_env(servers, "counted", dsn))
-    sent: dict[str, float] = {}
-    got: dict[str, float] = {}
-    statuses: dict[str, int] = {}
-    client = HttpClient(proc.base)
-    mine, _ = await open_socket(ws_url(proc, pair.customer.token))
-    theirs, _ = await open_socket(ws_url(proc, pair.mitra.token))
-    readers = [asyncio.create_task(_drain(mine)), asyncio.create_task(_receive(theirs, sent, got))]
-    try:
-        await client.request("GET", "/healthz")
-
-        async def sends() -> None:
-            for k in range(count):
-                cid = f"counted-{k}"
-                sent[cid] = time.perf_counter()
-                status, _ = await client.send(send_request(pair, cid))
-                statuses[str(status)] = statuses.get(str(status), 0) + 1
-            until = time.perf_counter() + DRAIN_SECONDS
-            while len(got) < len(sent) and time.perf_counter() < until:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-
-        counted = await stmt_log.during(sends)
-    finally:
-        for task in readers:
-            task.cancel()
-        await mine.close()
-        await theirs.close()
-        await asyncio.gather(*readers, return_exceptions=True)
-        await client.close()
-        procs.stop(proc)
-        await stmt_log.close()
-    kinds = {k: round(v / count, 2) for k, v in counted.kinds().items()}
-    per_send = counted.count / count
-    log(f"statements per send: {per_send:.2f} {statuses} {kinds}")
-    return {
-        "sends": count,
-        "delivered": len(got),
-        "statuses": statuses,
-        "per_send": per_send,
-        "kinds_per_send": kinds,
-    }
 
 
 async def profile_send(
@@ -394,70 +222,75 @@ async def profile_send(
 
 
 async def main(
-    sessions: list[int], trials: int, seconds: float, replay: int, profile: bool = False
+    sessions: list[int],
+    trials: int,
+    seconds: float,
+    replay: int,
+    profile: bool = False,
+    base_src: Path | None = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"sessions": sessions, "trials": trials, "seconds": seconds}
     with tempfile.TemporaryDirectory(prefix="halobestie-chat-") as tmp_name:
         tmp = Path(tmp_name)
         servers = start_servers(tmp)
+        # The base tree's apps get a Valkey of their own (as in ab_pairing.py): its mirror
+        # and its event bus channel never meet this tree's.
+        base_valkey = EmbeddedValkey(tmp / "valkey-base") if base_src else None
         procs = Procs(tmp)
         try:
             await asyncio.to_thread(run_migrations, servers.database_url)
-            apps: dict[str, Proc] = {}
-            for name in ("a", "b"):
-                apps[name] = procs.engine(f"chat-{name}", chat_env(servers, name))
-            log(f"apps up: a :{apps['a'].port}, b :{apps['b'].port}")
+            trees: dict[str, tuple[dict[str, Proc], Meter]] = {}
+            tree_servers = {"new": (servers, SRC)}
+            if base_src is not None and base_valkey is not None:
+                out["base_src"] = str(base_src)
+                base = Servers(
+                    servers.database_url, base_valkey.start(), servers.postgres, base_valkey
+                )
+                tree_servers["base"] = (base, base_src)
+            for tree, (where, src) in tree_servers.items():
+                apps = {
+                    name: procs.engine(f"chat-{tree}-{name}", chat_env(where, name, src=src))
+                    for name in ("a", "b")
+                }
+                trees[tree] = (apps, Meter(CpuMeter(where), apps))
+            apps, meter = trees["new"]
             pairs = await make_pairs(apps["a"].base, servers.database_url, max(sessions) + 1, "run")
-            log(f"{len(pairs)} active sessions")
-            meter = Meter(CpuMeter(servers), apps)
+            log(f"{len(pairs)} active sessions; apps of {', '.join(trees)} up")
+            targets = [(tree, scenario) for tree in trees for scenario in SCENARIOS]
             out["delivery"] = {}
             for count in sessions:
-                runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SCENARIOS}
+                runs: dict[str, list[dict[str, Any]]] = {label(*t): [] for t in targets}
                 for trial in range(trials):
-                    order = SCENARIOS if trial % 2 == 0 else SCENARIOS[::-1]
-                    for scenario in order:
+                    k = trial % len(targets)
+                    for tree, scenario in targets[k:] + targets[:k]:
                         r = await delivery_trial(
-                            apps, meter, pairs[:count], scenario, seconds,
-                            f"d{count}-{trial}-{scenario}",
+                            *trees[tree], pairs[:count], scenario, seconds,
+                            f"d{count}-{trial}-{tree}-{scenario}",
                         )  # fmt: skip
                         r["trial"] = trial
-                        runs[scenario].append(r)
+                        runs[label(tree, scenario)].append(r)
                         log(
-                            f"{count} sessions, {scenario}: {r['messages_per_s']:7.0f} msg/s"
-                            f"  p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms"
-                            f"  lost {r['lost']}  errors {r['errors']}"
+                            f"{count} sessions, {label(tree, scenario)}:"
+                            f" {r['messages_per_s']:7.0f} msg/s  p50 {r['p50_ms']:.1f} ms"
+                            f"  p99 {r['p99_ms']:.1f} ms  lost {r['lost']}  errors {r['errors']}"
                         )
                 out["delivery"][str(count)] = {s: summarize(v) for s, v in runs.items()}
-            out["statements"] = await statements_per_send(servers, procs, pairs[0])
+            out["statements"] = await chat_costs.statements_per_send(servers, procs, pairs[0])
             if profile:
                 out["profile"] = await profile_send(apps, meter, pairs[: max(sessions)], seconds)
             if replay:
-                replays = []
-                for trial in range(trials):
-                    found = await replay_trial(apps["a"], pairs[-1], replay, f"r-{trial}")
-                    if found is None:
-                        out["replay"] = {"skipped": "this tree's ready frame has no last_seq"}
-                        log("replay skipped: no `since` in this tree (SPEC §6 not landed)")
-                        break
-                    replays.append(r := found)
-                    log(
-                        f"replay of {r['replayed']}: {r['to_last_ms']:.0f} ms"
-                        f" (ready {r['to_ready_ms']:.1f} ms), REST {r['rest_ms']}"
-                    )
-                if replays:
-                    rest = [r["rest_ms"] for r in replays if r["rest_ms"] is not None]
-                    out["replay"] = {
-                        "events": replay,
-                        "to_last_ms": statistics.median(r["to_last_ms"] for r in replays),
-                        "to_ready_ms": statistics.median(r["to_ready_ms"] for r in replays),
-                        "events_per_s": statistics.median(r["events_per_s"] for r in replays),
-                        "rest_ms": statistics.median(rest) if rest else None,
-                        "trials": replays,
-                    }
+                out["replay"] = await chat_replay.replay_run(apps["a"], pairs[-1], replay, trials)
         finally:
             procs.stop_all()
+            if base_valkey is not None:
+                base_valkey.stop()
             servers.stop()
     return out
+
+
+def label(tree: str, scenario: str) -> str:
+    """`one` / `two` for the tree under test, `base_one` / `base_two` for --base-src."""
+    return scenario if tree == "new" else f"{tree}_{scenario}"
 
 
 def cli() -> int:
@@ -470,13 +303,17 @@ def cli() -> int:
     parser.add_argument(
         "--profile", action="store_true", help="py-spy app A in one more trial (raw stacks)"
     )
+    parser.add_argument(
+        "--base-src", type=Path, default=None, help="also another tree's apps, interleaved"
+    )
     args = parser.parse_args()
     trials, seconds = (2, 2.0) if args.quick else (5, 5.0)
     trials, seconds = args.trials or trials, args.seconds or seconds
     sessions = [int(s) for s in args.sessions.split(",") if s]
     started = time.perf_counter()
     load_before = load_average()
-    out = asyncio.run(main(sessions, trials, seconds, args.replay_events, args.profile))
+    base_src = args.base_src.resolve() if args.base_src else None
+    out = asyncio.run(main(sessions, trials, seconds, args.replay_events, args.profile, base_src))
     out.update(chat_report.environment(SRC, load_before, time.perf_counter() - started))
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     path = REPO / "benchmarks" / "results" / f"chat-{stamp}.json"

@@ -40,6 +40,22 @@ def environment(
     }
 
 
+def ratio(scenarios: dict[str, Any], top: str, bottom: str, what: str) -> str:
+    """`top` ÷ `bottom`: p50 latency (and per trial), messages/s, app A's CPU."""
+    a, b = scenarios[top], scenarios[bottom]
+    per_trial = ", ".join(
+        f"{x['p50_ms'] / y['p50_ms']:.2f}"
+        for x, y in zip(a["trials"], b["trials"], strict=True)
+        if y["p50_ms"]
+    )
+    cpu_a, cpu_b = a["cpu_us_per_message"]["a"], b["cpu_us_per_message"]["a"]
+    return (
+        f"{what}, p50 latency {a['p50_ms'] / b['p50_ms']:.2f}x (per trial {per_trial}),"
+        f" messages/s {a['messages_per_s'] / b['messages_per_s']:.2f}x,"
+        f" app A's CPU per message {cpu_a / cpu_b:.2f}x."
+    )
+
+
 def _f(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
@@ -60,11 +76,12 @@ def markdown(out: dict[str, Any], name: str) -> str:
         " | CPU per message: app A / app B / Postgres / Valkey / client | lost |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
+    names = {"one": "one", "two": "two", "base_one": "one, before", "base_two": "two, before"}
     for count, scenarios in out.get("delivery", {}).items():
         for scenario, s in scenarios.items():
             cpu = s["cpu_us_per_message"]
             lines.append(
-                f"| {count} | {scenario} | {_f(s['messages_per_s'], 0)}"
+                f"| {count} | {names.get(scenario, scenario)} | {_f(s['messages_per_s'], 0)}"
                 f" | {_f(s['p50_ms'])} / {_f(s['p99_ms'])} ms"
                 f" | {_f(s['send_p50_ms'])} / {_f(s['send_p99_ms'])} ms"
                 f" | {_f(cpu['a'], 0)} / {_f(cpu['b'], 0)} / {_f(cpu['postgres'], 0)}"
@@ -73,17 +90,19 @@ def markdown(out: dict[str, Any], name: str) -> str:
             )
     lines.append("")
     for count, scenarios in out.get("delivery", {}).items():
-        one, two = scenarios["one"], scenarios["two"]
-        per_trial = [
-            f"{b['p50_ms'] / a['p50_ms']:.2f}"
-            for a, b in zip(one["trials"], two["trials"], strict=True)
-            if a["p50_ms"]
-        ]
-        lines.append(
-            f"* {count} session(s): two instances ÷ one, p50 latency"
-            f" {two['p50_ms'] / one['p50_ms']:.2f}x (per trial {', '.join(per_trial)}),"
-            f" messages/s {two['messages_per_s'] / one['messages_per_s']:.2f}x."
-        )
+        lines.append(f"* {count} session(s): " + ratio(scenarios, "two", "one", "two ÷ one"))
+        if "base_one" in scenarios:
+            lines.append(
+                f"* {count} session(s), before: "
+                + ratio(scenarios, "base_two", "base_one", "two ÷ one")
+            )
+            for scenario in ("one", "two"):
+                lines.append(
+                    f"* {count} session(s), {scenario}: "
+                    + ratio(scenarios, scenario, f"base_{scenario}", "this tree ÷ before")
+                )
+    if "base_src" in out:
+        lines.append(f"* before = `{out['base_src']}`, on a Valkey of its own.")
     replay = out.get("replay")
     if replay is not None:
         lines.append("")

@@ -2,21 +2,27 @@
 (created like `halobestie create-admin`) creates the mitras over the admin API, customers
 register, each mitra logs in and goes online, each customer opens a pairing request for
 its own mitra (`mitra_id`), the mitra accepts it, and the payment provider's signed
-webhook pays it. Nothing is written to Postgres behind the API's back."""
+webhook pays it. Nothing is written to Postgres behind the API's back. Also the clients'
+side of a chat: the apps' environment, sockets, the send request."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
+from websockets.asyncio.client import ClientConnection, connect
 
 from halobestie.demo import ensure_admin
 
-from .infra import BENCH_WEBHOOK_SECRET
+from .infra import BENCH_WEBHOOK_SECRET, SRC, Proc, Servers, app_env
+from .loadgen import HttpClient
 
 PASSWORD = "bench-password-0123"  # noqa: S105 - throwaway accounts of a benchmark database
 ADMIN_EMAIL = "bench-admin@bench.example.com"
@@ -113,3 +119,55 @@ async def make_pairs(base: str, database_url: str, count: int, tag: str) -> list
                 raise RuntimeError(f"session {session_id} not active after payment: {paid}")
             pairs.append(Pair(session_id, customer, mitra))
     return pairs
+
+
+# -- the clients' side --------------------------------------------------------------------
+
+
+def chat_env(
+    servers: Servers, name: str, database_url: str | None = None, src: Path = SRC
+) -> dict[str, str]:
+    """An app's environment: the Valkey path, sweeps and timers off (`infra.app_env`), the
+    tree `src` (by default the one this harness imports), access tokens that outlive the
+    run (no socket is closed for an expired token mid-trial)."""
+    env = app_env(servers, mirror=True, app_name=f"bench-chat-{name}", database_url=database_url)
+    env["PYTHONPATH"] = str(src)
+    env["ACCESS_TOKEN_TTL_SECONDS"] = str(2 * 3600)
+    return env
+
+
+def ws_url(proc: Proc, token: str, since: int | None = None) -> str:
+    query = f"?token={token}" + ("" if since is None else f"&since={since}")
+    return f"ws://127.0.0.1:{proc.port}/ws{query}"
+
+
+async def open_socket(url: str) -> tuple[ClientConnection, dict[str, Any]]:
+    ws = await connect(url, open_timeout=10, close_timeout=2, max_size=None)
+    ready = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    if ready.get("type") != "ready":
+        await ws.close()
+        raise RuntimeError(f"first frame is not ready: {ready}")
+    return ws, ready
+
+
+def send_request(pair: Pair, cid: str) -> bytes:
+    body = {"client_message_id": cid, "body": f"benchmark message {cid}"}
+    return HttpClient.build(
+        "POST", f"/api/sessions/{pair.session_id}/messages", pair.customer.auth, body
+    )
+
+
+async def drain(ws: ClientConnection) -> None:
+    """Reads and drops every frame (the sender's own echoes)."""
+    async for _ in ws:
+        pass
+
+
+async def receive(ws: ClientConnection, sent: dict[str, float], got: dict[str, float]) -> None:
+    async for raw in ws:
+        now = time.perf_counter()
+        event = json.loads(raw)
+        if event.get("type") == "message.created":
+            cid = event["data"]["message"]["client_message_id"]
+            if cid in sent and cid not in got:
+                got[cid] = now
