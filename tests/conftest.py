@@ -36,7 +36,7 @@ TEST_JWT_SECRET = "test-jwt-secret-0123456789abcdef0123456789"
 TEST_WEBHOOK_SECRET = "test-webhook-secret-0123456789"
 TABLES = (
     "timers, payments, chat_session_events, pairing_offers, pairing_requests,"
-    " chat_sessions, auth_sessions, mitras, users"
+    " chat_sessions, auth_sessions, mitras, users, event_cursors, events"
 )
 
 

@@ -272,6 +272,9 @@ class Settings(DatabaseSettings):
     # for all of them): the bound on a logout or deactivation reaching a socket on another
     # instance while Valkey pub/sub is down.
     ws_login_recheck_seconds: Seconds = Field(default=5.0, alias="WS_LOGIN_RECHECK_SECONDS")
+    # How long the event log keeps each user's events (SPEC §6): a socket reconnecting with
+    # `since` older than this is told to resync; the retention sweep deletes older events.
+    event_retention_seconds: Seconds = Field(default=86400.0, alias="EVENT_RETENTION_SECONDS")
     database_timeout_seconds: Seconds = Field(default=5.0, alias="DATABASE_TIMEOUT_SECONDS")
     database_pool_size: PositiveInt = Field(default=10, alias="DATABASE_POOL_SIZE")
     # asyncpg's prepared-statement cache per connection; 0 behind PgBouncer in transaction

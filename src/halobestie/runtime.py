@@ -14,6 +14,7 @@ from .clock import Clock, SystemClock
 from .config import Settings
 from .context import Context
 from .db import Bounds, Database
+from .events.announce import recording
 from .events.bus import bus
 from .logs import get_logger
 from .metrics import Metrics
@@ -32,12 +33,13 @@ log = get_logger(__name__)
 def timer_handlers() -> dict[TimerKind, Handler]:
     """Every timer kind and the handler that fires it: the one table (timers.py). A kind
     missing here would never fire (left unfired, logged, counted); Runtime refuses to
-    start without a handler for each kind."""
+    start without a handler for each kind. Each records its events in the firing
+    transaction (`events.announce.recording`)."""
     return {
-        "offer_expiry": expire_offer,
-        "payment_timeout": on_payment_timeout,
-        "session_expiry": on_session_expiry,
-        "session_warning": on_session_warning,
+        "offer_expiry": recording(expire_offer),
+        "payment_timeout": recording(on_payment_timeout),
+        "session_expiry": recording(on_session_expiry),
+        "session_warning": recording(on_session_warning),
     }
 
 

@@ -110,7 +110,7 @@ async def test_every_role_may_connect(live_app: LiveFactory) -> None:
                 ready = await next_event(ws)
                 assert ready == {
                     "type": "ready",
-                    "data": {"user_id": str(person.id), "role": role},
+                    "data": {"user_id": str(person.id), "role": role, "last_seq": 0},
                 }
 
 

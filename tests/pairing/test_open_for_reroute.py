@@ -12,6 +12,7 @@ import pytest
 
 from halobestie.aftercommit import run_after_commit
 from halobestie.errors import NoMitraAvailable
+from halobestie.events.announce import record_effects
 from halobestie.pairing.actions import open_pairing_request
 from halobestie.pairing.models import OfferedRequest
 from tests.conftest import Instance
@@ -24,7 +25,7 @@ async def _open(
     inst: Instance, customer: Person, exclude: set[UUID], rerouted_from: UUID | None, **kw: Any
 ) -> tuple[OfferedRequest, list[Any]]:
     async with inst.ctx.db.transaction() as conn:
-        return await open_pairing_request(
+        opened, effects = await open_pairing_request(
             inst.ctx,
             conn,
             customer_id=customer.id,
@@ -34,6 +35,8 @@ async def _open(
             rerouted_from=rerouted_from,
             now=inst.clock.now(),
         )
+        await record_effects(conn, inst.clock.now(), effects)  # as the callers do
+    return opened, effects
 
 
 async def test_excluded_mitras_are_not_offered_and_the_reroute_is_recorded(

@@ -14,8 +14,9 @@ from uuid import UUID
 import asyncpg
 import httpx
 
+from halobestie.events.announce import record_effects
 from halobestie.sessions.actions import create_pending_session
-from halobestie.sessions.transitions import after_session_change
+from halobestie.sessions.transitions import session_changed
 from tests.conftest import TEST_WEBHOOK_SECRET, Instance
 from tests.factories import Person, make_user
 
@@ -71,7 +72,9 @@ async def make_pending_session(
             row.id,
             now,
         )
-    await after_session_change(ctx, [row])
+        changed = session_changed(ctx, [row])
+        await record_effects(conn, now, [changed])
+    await changed()
     return row.id
 
 

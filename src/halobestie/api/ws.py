@@ -39,8 +39,11 @@ from ..auth.queries import require_live_session
 from ..auth.tokens import Principal, decode_access_token
 from ..chat.typing import relay_typing
 from ..context import Context
+from ..db import Database
 from ..errors import AccountDeactivated, InvalidToken, ServiceUnavailable
 from ..events.bus import bus
+from ..events.log import position
+from ..events.stream import Sequencer, resync_frame
 from ..logs import get_logger
 
 log = get_logger(__name__)
@@ -64,7 +67,9 @@ class Close:
 
 
 class Outbox:
-    """What the event bus sees of one socket: `send_text` enqueues, never blocks."""
+    """What the event bus sees of one socket: `send_text` enqueues, never blocks;
+    `offer(seq, text)` hands a recorded event to the socket's sequencer
+    (events/stream.py), which sends it to the queue in seq order, exactly once."""
 
     def __init__(self, login: UUID | None = None) -> None:
         self.queue: asyncio.Queue[str] = asyncio.Queue(OUTBOX_SIZE)
@@ -73,12 +78,36 @@ class Outbox:
         self.login = login
         self.ended = asyncio.Event()
         self.end_reason = ""
+        self.end_code = POLICY_VIOLATION
+        self.stream: Sequencer | None = None
 
-    def end(self, reason: str) -> None:
-        """Close this socket with 1008 and `reason` (its login was ended)."""
+    def end(self, reason: str, code: int = POLICY_VIOLATION) -> None:
+        """Close this socket with `code` (1008: its login was ended) and `reason`."""
         if not self.ended.is_set():
             self.end_reason = reason
+            self.end_code = code
             self.ended.set()
+
+    def sequence(self, db: Database, user_id: UUID) -> Sequencer:
+        """Give this socket its sequencer (before it is attached to the bus)."""
+        self.stream = Sequencer(
+            db,
+            user_id,
+            put=self.put,
+            put_wait=self.queue.put,
+            fail=lambda reason: self.end(reason, TRY_AGAIN_LATER),
+        )
+        return self.stream
+
+    def offer(self, seq: int, text: str) -> None:
+        if self.stream is None:
+            self.put(text)
+        else:
+            self.stream.offer(seq, text)
+
+    def catch_up(self, last_seq: int) -> None:
+        if self.stream is not None:
+            self.stream.catch_up(last_seq)
 
     async def send_text(self, data: str) -> None:
         self.put(data)
@@ -120,12 +149,27 @@ async def events_socket(websocket: WebSocket) -> None:
         await websocket.accept()
         await websocket.close(POLICY_VIOLATION, _reason(f"{exc.code}: {exc.detail}"))
         return
+    since = _since(websocket.query_params.get("since"))
     await websocket.accept()
+    if isinstance(since, Close):
+        await websocket.close(since.code, since.reason)
+        return
     outbox = Outbox(principal.session_id)
-    # No await between these two: the client's first frame is `ready`, and every event
-    # published after it was queued reaches this socket.
-    outbox.put(event("ready", {"user_id": str(principal.user_id), "role": principal.role}))
+    stream = outbox.sequence(ctx.db, principal.user_id)
+    # Attached before the log is read: what commits after the read arrives here and is
+    # kept by the sequencer until `ready` and the replay are out (the seam: anything
+    # both read and delivered is deduped by seq).
     bus(ctx).attach(principal.user_id, outbox)
+    try:
+        opened = await _open_stream(ctx, websocket, outbox, stream, principal, since)
+    except BaseException:
+        bus(ctx).detach(principal.user_id, outbox)
+        await stream.close()
+        raise
+    if not opened:
+        bus(ctx).detach(principal.user_id, outbox)
+        await stream.close()
+        return
     # Admins also get `admin.counts` from this instance's feed (console/feed.py).
     feed = websocket.app.state.admin_feed if principal.role == "admin" else None
     if feed is not None:
@@ -144,6 +188,7 @@ async def events_socket(websocket: WebSocket) -> None:
         close = Close(1011, "internal error")
     finally:
         bus(ctx).detach(principal.user_id, outbox)
+        await stream.close()
         if feed is not None:
             feed.unwatch(principal.user_id)
         for task in tasks:
@@ -152,6 +197,51 @@ async def events_socket(websocket: WebSocket) -> None:
     if close is not None and websocket.application_state == WebSocketState.CONNECTED:
         with contextlib.suppress(Exception):  # the client may be gone already
             await websocket.close(close.code, close.reason)
+
+
+def _since(raw: str | None) -> int | Close | None:
+    """`?since=<seq>`: an integer >= 0, or absent (None); a Close (1008) otherwise."""
+    if raw is None:
+        return None
+    if raw.isascii() and raw.isdigit() and len(raw) <= 18:
+        return int(raw)
+    return Close(POLICY_VIOLATION, "invalid_request: since must be an integer >= 0")
+
+
+async def _open_stream(
+    ctx: Context,
+    websocket: WebSocket,
+    outbox: Outbox,
+    stream: Sequencer,
+    principal: Principal,
+    since: int | None,
+) -> bool:
+    """`ready` with the user's `last_seq`, then (with `since`) the replay or
+    `resync_required`, then live. False when the socket was closed instead: `since`
+    given and Postgres unreachable (1013, the client retries with the same `since`).
+    Without `since` and Postgres down, `last_seq` is null and the stream starts at the
+    first live event."""
+    try:
+        async with ctx.db.connection() as conn:
+            where = await position(conn, principal.user_id, since or 0)
+    except ServiceUnavailable as exc:
+        if since is not None:
+            reason = f"events_unavailable: {exc.code}; reconnect with since"
+            await websocket.close(TRY_AGAIN_LATER, _reason(reason))
+            return False
+        log.warning("ws_position_unknown", user_id=str(principal.user_id), error=exc.code)
+        where = None
+    last_seq = None if where is None else where.last_seq
+    ready = {"user_id": str(principal.user_id), "role": principal.role, "last_seq": last_seq}
+    outbox.put(event("ready", ready))
+    if where is None or since is None:
+        stream.start(last_seq)  # live only
+    elif not where.retained:
+        outbox.put(resync_frame(where.last_seq))
+        stream.start(where.last_seq)
+    else:
+        stream.start(since, target=where.last_seq)  # replay (since, last_seq], then live
+    return True
 
 
 async def _read(
@@ -214,7 +304,7 @@ async def _expire(seconds: float) -> Close:
 
 async def _ended(outbox: Outbox) -> Close:
     await outbox.ended.wait()
-    return Close(POLICY_VIOLATION, _reason(outbox.end_reason))
+    return Close(outbox.end_code, _reason(outbox.end_reason))
 
 
 def _reason(text: str) -> str:

@@ -15,22 +15,21 @@ earlier send with the same id runs under the same lock (in a statement of its ow
 EARLIER_SQL), so a retry racing its original waits for it and then finds it: 200 with
 the stored message, nothing stored twice.
 
-Events go out after commit (`message.created` to both parties, `message.read` to the
-other party), as effects of `aftercommit.run_after_commit`: they never fail a committed
-write.
+Events (`message.created` to both parties, `message.read` to the other party) are
+recorded in the same transaction, as its last statement, and delivered after commit
+(events/announce.py): never sent for a rolled-back write, never lost for a committed one.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 from ..aftercommit import AfterCommit, run_after_commit
 from ..auth.tokens import Principal
 from ..context import Context
 from ..errors import InvalidRequest, InvalidState
-from ..events.bus import bus
+from ..events.announce import announce, record_effects
 from ..sessions.queries import is_party, not_found
 from .models import MESSAGE_COLUMNS, Message, ReadCursor
 
@@ -69,15 +68,6 @@ MOVE_CURSOR_SQL = {
 }
 
 
-def publish(ctx: Context, user_ids: list[UUID], type_: str, data: dict[str, Any]) -> AfterCommit:
-    """The after-commit effect that sends one event to these users."""
-
-    async def publish() -> None:
-        await bus(ctx).publish(user_ids, type_, data)
-
-    return publish
-
-
 async def do_send_message(
     ctx: Context,
     *,
@@ -110,15 +100,17 @@ async def do_send_message(
             INSERT_SQL, session_id, principal.user_id, principal.role, body,
             client_message_id, now,
         )  # fmt: skip
-    message = Message.from_row(inserted)
-    data = {"session_id": str(session_id), "message": message.model_dump()}
-    parties = [row["customer_id"], row["mitra_id"]]
-    await run_after_commit(ctx, [publish(ctx, parties, "message.created", data)])
+        message = Message.from_row(inserted)
+        data = {"session_id": str(session_id), "message": message.model_dump()}
+        parties = [row["customer_id"], row["mitra_id"]]
+        effects: list[AfterCommit] = [announce(ctx, parties, "message.created", data)]
+        await record_effects(conn, now, effects)  # the last statement (events/log.py)
+    await run_after_commit(ctx, effects)
     return message, True
 
 
 async def do_mark_read(
-    ctx: Context, *, session_id: UUID, principal: Principal, seq: int
+    ctx: Context, *, session_id: UUID, principal: Principal, seq: int, now: datetime
 ) -> ReadCursor:
     """The principal, a party of the session, has read up to `seq`. The cursor never
     moves back: a lower `seq` leaves it where it is (and says where). Allowed in any
@@ -137,12 +129,13 @@ async def do_mark_read(
                 f"seq: {seq} is above the last message of chat session {session_id} ({last})"
             )
         current: int = row[f"{role}_read_seq"]
-        moved = seq > current
-        if moved:
+        cursor = ReadCursor(user_id=str(principal.user_id), seq=max(seq, current))
+        effects: list[AfterCommit] = []
+        if seq > current:
             await conn.execute(MOVE_CURSOR_SQL[role], session_id, seq)
-    cursor = ReadCursor(user_id=str(principal.user_id), seq=max(seq, current))
-    if moved:
-        other = row["mitra_id"] if role == "customer" else row["customer_id"]
-        data = {"session_id": str(session_id), **cursor.model_dump()}
-        await run_after_commit(ctx, [publish(ctx, [other], "message.read", data)])
+            other = row["mitra_id"] if role == "customer" else row["customer_id"]
+            data = {"session_id": str(session_id), **cursor.model_dump()}
+            effects.append(announce(ctx, [other], "message.read", data))
+            await record_effects(conn, now, effects)
+    await run_after_commit(ctx, effects)
     return cursor

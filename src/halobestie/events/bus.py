@@ -30,6 +30,8 @@ from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 from ..context import Context, Slot
+from ..db import Database
+from ..errors import ServiceUnavailable
 from ..logs import get_logger
 from ..metrics import Metrics
 from ..valkey.breaker import Breaker
@@ -37,6 +39,7 @@ from ..valkey.client import VALKEY_FAILURES, connect
 from ..valkey.keys import Keys
 from ..valkey.topology import ValkeyEndpoint
 from ..valkey.topology import endpoint as valkey_endpoint
+from .log import last_seqs
 
 log = get_logger(__name__)
 
@@ -46,6 +49,9 @@ PING_SECONDS = 1.0
 DEAD_AFTER_SECONDS = 3.0
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 2.0
+# The safety net under pub/sub: how often each instance checks in Postgres (one query)
+# whether its sockets' users got events it never heard of.
+CATCH_UP_SECONDS = 5.0
 
 
 class Socket(Protocol):
@@ -62,6 +68,20 @@ class Endable(Protocol):
     async def send_text(self, data: str) -> None: ...
 
     def end(self, reason: str) -> None: ...
+
+
+@runtime_checkable
+class Sequenced(Protocol):
+    """A socket that receives recorded events by their `seq` (events/stream.py): `offer`
+    never blocks (it may raise when the socket fell too far behind); `catch_up(last_seq)`
+    says the user's log reached `last_seq`, so the socket reads what it lacks from
+    Postgres."""
+
+    async def send_text(self, data: str) -> None: ...
+
+    def offer(self, seq: int, text: str) -> None: ...
+
+    def catch_up(self, last_seq: int) -> None: ...
 
 
 class SubscriberLost(Exception):
@@ -82,6 +102,8 @@ class EventBus:
         retry_after: float,
         operation_timeout: float = 1.0,
         enabled: bool = True,
+        db: Database | None = None,
+        catch_up_seconds: float = CATCH_UP_SECONDS,
     ) -> None:
         """`publish_timeout` bounds a PUBLISH (VALKEY_OPERATION_TIMEOUT_SECONDS). The
         subscriber is the domain's probe: losing its link opens the breaker, subscribing
@@ -89,7 +111,9 @@ class EventBus:
         seconds later (half-open). While it is open, events reach this instance's sockets
         only. `operation_timeout` bounds the subscriber's commands. `enabled` False
         (VALKEY_MIRROR_ENABLED=false, the design before Valkey that benchmarks measure):
-        nothing is published to Valkey."""
+        nothing is published to Valkey. `db`: where the catch-up reads the users' last
+        seqs (none: no catch-up), every `catch_up_seconds` and at once whenever the
+        subscriber subscribes again."""
         self.keys = keys
         self.enabled = enabled
         self.breaker = Breaker("events", metrics.event_bus_errors, retry_after=retry_after)
@@ -105,6 +129,11 @@ class EventBus:
         # True while this instance receives other instances' events.
         self.subscribed = False
         self.reconnects = 0
+        self._db = db
+        self._catch_up_seconds = catch_up_seconds
+        self._catch_up_now = asyncio.Event()
+        self._catch_up_task: asyncio.Task[None] | None = None
+        self.catch_ups = 0
 
     # -- local sockets -----------------------------------------------------------
 
@@ -166,10 +195,43 @@ class EventBus:
                 delivered += 1
         return delivered
 
+    async def deliver_local_frames(self, frames: Iterable[tuple[str, int, str]]) -> int:
+        """Hand recorded events `(user, seq, frame)` to this instance's sockets of those
+        users (each socket orders and dedupes them by seq); a socket that refuses (fell
+        too far behind) is dropped. Returns how many sockets took one."""
+        delivered = 0
+        for user, seq, text in frames:
+            for socket in list(self._sockets.get(user, ())):
+                try:
+                    if isinstance(socket, Sequenced):
+                        socket.offer(seq, text)
+                    else:  # a plain socket (tests, tools): in arrival order
+                        await socket.send_text(text)
+                except Exception:
+                    self.detach(UUID(user), socket)
+                else:
+                    delivered += 1
+        return delivered
+
     # -- publishing --------------------------------------------------------------
 
+    async def deliver_frames(self, frames: list[tuple[str, int, str]]) -> None:
+        """After commit: recorded events `(user, seq, frame)` to their users' sockets here,
+        then to the other instances over pub/sub. Never raises, never blocks on a dead
+        Valkey; what pub/sub loses, the catch-up reads from Postgres."""
+        if not frames:
+            return
+        try:
+            await self.deliver_local_frames(frames)
+        except Exception:  # a socket bug must not fail the request that published
+            log.exception("event_local_delivery_failed")
+        envelope = json.dumps({"origin": self.instance_id, "frames": frames})
+        await self._publish_envelope(envelope, "publish")
+
     async def publish(self, user_ids: Iterable[UUID], type_: str, data: dict[str, Any]) -> None:
-        """Best effort, after commit: never raises, never blocks on a dead Valkey."""
+        """Live only, never recorded and without `seq` (`typing`): best effort, after
+        commit: never raises, never blocks on a dead Valkey. Recorded events go through
+        events/announce.py."""
         users = sorted({str(u) for u in user_ids})
         if not users:
             return
@@ -200,14 +262,19 @@ class EventBus:
         if self._task is None:
             self._stopping = False
             self._task = asyncio.create_task(self._subscribe_forever(), name="events-subscriber")
+        if self._catch_up_task is None and self._db is not None:
+            self._catch_up_task = asyncio.create_task(self._catch_up_forever(), name="catch-up")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
+        catching, self._catch_up_task = self._catch_up_task, None
         self._stopping = True
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._catch_up_now.set()
+        for running in (task, catching):
+            if running is not None:
+                running.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await running
         self.subscribed = False
         await self._client.aclose()
 
@@ -269,6 +336,7 @@ class EventBus:
                 log.info("events_subscribed", channel=self.keys.events)
             self.subscribed = True
             self.breaker.close()  # Valkey answers again: publish without waiting
+            self._catch_up_now.set()  # what pub/sub lost meanwhile, from Postgres
             return
         if kind != "message":
             return  # pong
@@ -276,6 +344,11 @@ class EventBus:
             envelope = json.loads(message["data"])
             if isinstance(envelope, dict) and "end" in envelope:
                 self._on_end(envelope)
+                return
+            if isinstance(envelope, dict) and "frames" in envelope:
+                if envelope.get("origin") != self.instance_id:
+                    frames = [(str(u), int(q), str(t)) for u, q, t in envelope["frames"]]
+                    await self.deliver_local_frames(frames)
                 return
             origin, users, text = envelope["origin"], envelope["users"], envelope["event"]
             if not (isinstance(users, list) and isinstance(text, str)):
@@ -289,6 +362,49 @@ class EventBus:
             await self.deliver_local([str(u) for u in users], text)
         except Exception:
             log.exception("event_remote_delivery_failed")
+
+    # -- catching up from Postgres -----------------------------------------------
+
+    async def _catch_up_forever(self) -> None:
+        """Every `catch_up_seconds` (every PING_SECONDS while unsubscribed), and at once
+        when the subscriber subscribes again: `catch_up`. Never dies."""
+        while not self._stopping:
+            wait = self._catch_up_seconds if self.subscribed else PING_SECONDS
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._catch_up_now.wait()
+            self._catch_up_now.clear()
+            if self._stopping:
+                return
+            try:
+                await self.catch_up()
+            except ServiceUnavailable as exc:
+                log.info("events_catch_up_skipped", error=exc.code)
+            except Exception:
+                log.exception("events_catch_up_failed")
+
+    async def catch_up(self) -> int:
+        """One query for the last seq of every user with a socket here; each socket
+        behind its user's log reads the rest from Postgres (events/stream.py). Heals
+        what pub/sub lost (Valkey down, a PUBLISH that failed): delivery at least once
+        from here, exactly once on the socket (deduped by seq). Returns how many users
+        were behind. Raises ServiceUnavailable when Postgres is."""
+        if self._db is None:
+            return 0
+        users = [u for u, sockets in self._sockets.items() if any(
+            isinstance(s, Sequenced) for s in sockets)]  # fmt: skip
+        if not users:
+            return 0
+        async with self._db.connection() as conn:
+            last = await last_seqs(conn, [UUID(u) for u in users])
+        behind = 0
+        for user_id, seq in last.items():
+            for socket in list(self._sockets.get(str(user_id), ())):
+                if isinstance(socket, Sequenced):
+                    socket.catch_up(seq)
+            behind += 1
+        self.catch_ups += 1
+        return behind
 
     def _on_end(self, envelope: dict[str, Any]) -> None:
         """Another instance's logout or deactivation: end this instance's sockets of it."""
@@ -311,6 +427,7 @@ def _build(ctx: Context) -> EventBus:
         retry_after=settings.valkey_probe_interval_seconds,
         operation_timeout=max(settings.valkey_operation_timeout_seconds, 1.0),
         enabled=settings.valkey_mirror_enabled,
+        db=ctx.db,
     )
 
 

@@ -27,6 +27,7 @@ from ..errors import (
     NotOffered,
     RequestClosed,
 )
+from ..events.announce import record_effects
 from ..sessions import actions as session_actions
 from ..sessions.models import SESSION_COLUMNS, ChatSession
 from ..sessions.transitions import session_changed
@@ -120,5 +121,7 @@ async def do_accept_pairing_request(
         await cancel_timer(conn, "offer_expiry", request_id)
         others = [m for m in mitras if m != mitra_id]
         effects.append(publish(ctx, others, "pairing.taken", {"request_id": str(request_id)}))
-    await run_after_commit(ctx, [session_changed(ctx, [session]), *effects])
+        effects.insert(0, session_changed(ctx, [session]))
+        await record_effects(conn, now, effects)
+    await run_after_commit(ctx, effects)
     return session

@@ -20,7 +20,7 @@ from ..availability.queries import mitra_reachability
 from ..availability.ranked import offerable, pick_from_index, window_from_postgres
 from ..context import Context
 from ..errors import InvalidState, MirrorUnavailable, NoMitraAvailable, NotFound
-from ..events.bus import bus
+from ..events.announce import announce, record_effects
 from ..logs import get_logger
 from ..timers import cancel_timer, schedule_timer
 from .models import REQUEST_COLUMNS, OfferedRequest, PairingRequest
@@ -36,12 +36,9 @@ ONE_SEARCHING_INDEX = "pairing_requests_one_searching_idx"
 
 
 def publish(ctx: Context, users: Iterable[UUID], type_: str, data: dict[str, Any]) -> AfterCommit:
-    recipients = list(users)
-
-    async def effect() -> None:
-        await bus(ctx).publish(recipients, type_, data)
-
-    return effect
+    """One event for these users: recorded by `record_effects` at the end of the
+    transaction, delivered after commit (events/announce.py)."""
+    return announce(ctx, users, type_, data)
 
 
 # -- open ----------------------------------------------------------------------------
@@ -232,6 +229,7 @@ async def do_open_pairing_request(
             rerouted_from=None,
             now=now,
         )
+        await record_effects(conn, now, effects)
     await run_after_commit(ctx, effects)
     return offered
 
@@ -265,6 +263,7 @@ async def do_cancel_pairing_request(
             await cancel_timer(conn, "offer_expiry", request_id)
             data = {"request_id": str(request_id), "reason": "cancelled"}
             effects.append(publish(ctx, [customer_id, *mitras], "pairing.expired", data))
+            await record_effects(conn, now, effects)
     await run_after_commit(ctx, effects)
     return OfferedRequest.of(request, mitras)
 

@@ -13,6 +13,7 @@ from ..auth.tokens import Principal
 from ..concepts import OPEN_SESSION_STATUSES
 from ..context import Context
 from ..errors import InvalidState
+from ..events.announce import record_effects
 from ..sessions.actions import SESSION_TIMERS, lock_as_party
 from ..sessions.transitions import session_changed, transition
 from ..timers import cancel_timer
@@ -47,5 +48,7 @@ async def do_reroute_session(
             rerouted_from=session_id,
             now=now,
         )
-    await run_after_commit(ctx, [session_changed(ctx, [row]), *effects])
+        effects.insert(0, session_changed(ctx, [row]))
+        await record_effects(conn, now, effects)
+    await run_after_commit(ctx, effects)
     return request

@@ -9,13 +9,14 @@ from uuid import UUID
 
 import asyncpg
 
-from ..aftercommit import run_after_commit
+from ..aftercommit import AfterCommit, run_after_commit
 from ..auth.tokens import Principal
 from ..availability.load import record_session_change
 from ..clock import iso
 from ..concepts import OPEN_SESSION_STATUSES, open_session
 from ..context import Context
 from ..errors import InvalidState, PaymentReferenceReused
+from ..events.announce import record_effects
 from ..timers import TimerKind, cancel_timer, schedule_timer
 from .models import SESSION_COLUMNS, ActorRole, ChatSession
 from .queries import is_party, not_found
@@ -126,7 +127,7 @@ async def do_pay_session(
     """The payment provider says `reference` paid for `session_id`: pending_payment ->
     active, `ends_at = now + duration`. Idempotent per reference: a replay returns the
     session as it is now; a reference already used for another session is refused."""
-    changed = False
+    effects: list[AfterCommit] = []
     async with ctx.db.transaction() as conn:
         # Under the session lock, so two deliveries of one reference are serialised and
         # the second sees the first's payment row.
@@ -170,9 +171,9 @@ async def do_pay_session(
             await cancel_timer(conn, "payment_timeout", session_id)
             await schedule_timer(conn, "session_expiry", session_id, ends_at)
             await arm_warnings(ctx, conn, session_id, ends_at, now)
-            changed = True
-    if changed:
-        await run_after_commit(ctx, [session_changed(ctx, [row])])
+            effects.append(session_changed(ctx, [row]))
+            await record_effects(conn, now, effects)
+    await run_after_commit(ctx, effects)
     return row
 
 
@@ -206,7 +207,9 @@ async def do_extend_session(
         )  # fmt: skip
         await schedule_timer(conn, "session_expiry", session_id, ends_at)
         await arm_warnings(ctx, conn, session_id, ends_at, now)  # SPEC §7: they move too
-    await run_after_commit(ctx, [session_changed(ctx, [row])])
+        effects: list[AfterCommit] = [session_changed(ctx, [row])]
+        await record_effects(conn, now, effects)
+    await run_after_commit(ctx, effects)
     return row
 
 
@@ -224,5 +227,7 @@ async def do_end_session(
             conn, row, actor_id=principal.user_id, actor_role=role,
             reason=f"ended by the {principal.role}", now=now,
         )  # fmt: skip
-    await run_after_commit(ctx, [session_changed(ctx, [row])])
+        effects: list[AfterCommit] = [session_changed(ctx, [row])]
+        await record_effects(conn, now, effects)
+    await run_after_commit(ctx, effects)
     return row

@@ -17,6 +17,7 @@ from ..availability.sync import mirror_mitras
 from ..concepts import OPEN_SESSION_STATUSES
 from ..context import Context
 from ..errors import DatabaseBusy, NotFound
+from ..events.announce import Announce, record_effects
 from .actions import close_locked, lock_sessions_for_change, open_session_ids
 from .models import ChatSession
 from .transitions import session_changed
@@ -87,6 +88,7 @@ async def do_set_mitra_active(
     lets the mitra log in and go online again. NotFound for an unknown mitra; DatabaseBusy
     (503) if accepts kept adding sessions through DEACTIVATION_ATTEMPTS attempts."""
     closed: list[ChatSession] = []
+    changed: Announce | None = None
     if active:
         async with ctx.db.connection() as conn:
             updated = await conn.fetchval(
@@ -102,13 +104,16 @@ async def do_set_mitra_active(
             try:
                 async with ctx.db.transaction() as conn:
                     closed = await _deactivate(conn, mitra_id, actor_id, now)
+                    if closed:  # session.updated recorded with the change (events/log.py)
+                        changed = session_changed(ctx, closed)
+                        await record_effects(conn, now, [changed])
                 break
             except _SessionsGrew:
                 continue
         else:
             raise DatabaseBusy(f"mitra {mitra_id} kept gaining sessions; retry the deactivation")
     # The mirror of this mitra follows either way (in session_changed when it had sessions).
-    effect = session_changed(ctx, closed) if closed else mirror_mitras(ctx, [mitra_id])
+    effect = changed if changed is not None else mirror_mitras(ctx, [mitra_id])
     effects = [effect]
     if not active:  # every socket of the mitra closes, 1008 `account_deactivated`
         effects.insert(0, end_sockets(ctx, mitra_id, None, DEACTIVATION_REASON))

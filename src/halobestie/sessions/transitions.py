@@ -1,10 +1,11 @@
 """Chat-session state changes: the one place that moves `chat_sessions.status`.
 
 Every change is checked against the allowed graph, recorded in `chat_session_events`
-(from, to, by whom, why, when) in the same transaction, and followed after commit by
-`after_session_change` (as the `session_changed` effect, aftercommit.py): the mitra's
-open sessions recomputed from Postgres into the mirror (never INCR/DECR)
-and `session.updated` pushed to both parties.
+(from, to, by whom, why, when) in the same transaction, with `session.updated` to both
+parties recorded in the event log by the `session_changed` effect (its caller records it
+as the transaction's last statement), and followed after commit by that effect: the
+mitra's open sessions recomputed from Postgres into the mirror (never INCR/DECR)
+(`after_session_change`), then the events delivered.
 
     pending_payment --paid--> active --end--> ended
           |                      |--ends_at--> expired
@@ -21,13 +22,12 @@ from uuid import UUID
 
 import asyncpg
 
-from ..aftercommit import AfterCommit
 from ..availability.load import record_session_change
 from ..availability.sync import recompute_capacity
 from ..concepts import OPEN_SESSION_STATUSES, SessionStatus, open_session
 from ..context import Context
 from ..errors import InvalidState, NotFound
-from ..events.bus import bus
+from ..events.announce import Announce
 from .models import SESSION_COLUMNS, ActorRole, ChatSession
 
 Status = SessionStatus
@@ -116,25 +116,24 @@ async def record_event(
     )
 
 
-def session_changed(ctx: Context, rows: Iterable[ChatSession]) -> AfterCommit:
-    """The effect of committed changes to these sessions (`after_session_change`), for
-    `aftercommit.run_after_commit`."""
+def session_changed(ctx: Context, rows: Iterable[ChatSession]) -> Announce:
+    """The effect of changes to these sessions: `session.updated` to both parties of
+    each, to record in the transaction (`events.announce.record_effects`, its last
+    statement); after commit, `after_session_change` then the events' delivery."""
     changed = list(rows)
+    now = ctx.clock.now()
+    events = [
+        ([row.customer_id, row.mitra_id], "session.updated", {"session": public_session(row, now)})
+        for row in changed
+    ]
 
-    async def session_changed() -> None:
+    async def recompute() -> None:
         await after_session_change(ctx, changed)
 
-    return session_changed
+    return Announce(ctx, events, name="session_changed", before=recompute)
 
 
 async def after_session_change(ctx: Context, rows: Iterable[ChatSession]) -> None:
-    """After commit: capacity from Postgres for each mitra, then tell both parties."""
-    rows = list(rows)
+    """After commit: capacity from Postgres for each mitra (the events follow)."""
     for mitra_id in sorted({row.mitra_id for row in rows}):
         await recompute_capacity(ctx, mitra_id)
-    for row in rows:
-        await bus(ctx).publish(
-            [row.customer_id, row.mitra_id],
-            "session.updated",
-            {"session": public_session(row, ctx.clock.now())},
-        )

@@ -42,7 +42,7 @@ import asyncpg
 from ..aftercommit import AfterCommit
 from ..clock import iso
 from ..context import Context
-from ..events.bus import bus
+from ..events.announce import announce
 from ..timers import TimerKind, cancel_timer, schedule_timer
 from .models import ChatSession
 from .transitions import lock_session_if_exists
@@ -75,18 +75,15 @@ async def arm_warnings(
 def ending_soon(
     ctx: Context, row: ChatSession, ends_at: datetime, remaining_seconds: int
 ) -> AfterCommit:
-    """The after-commit effect that tells both parties."""
+    """The effect that tells both parties: recorded in the firing transaction by the
+    runtime's `events.announce.recording` wrapper, delivered after commit."""
     data = {
         "session_id": str(row.id),
         "ends_at": iso(ends_at),
         "remaining_seconds": remaining_seconds,
     }
     parties = [row.customer_id, row.mitra_id]
-
-    async def publish_ending_soon() -> None:
-        await bus(ctx).publish(parties, "session.ending_soon", data)
-
-    return publish_ending_soon
+    return announce(ctx, parties, "session.ending_soon", data, name="publish_ending_soon")
 
 
 async def on_session_warning(

@@ -93,8 +93,12 @@ async def get_messages(
 
 
 @router.post("/{session_id}/read", responses=documented(NotFound, Conflict))
-async def mark_read(session_id: UUID, body: ReadBody, principal: Party, ctx: CtxDep) -> ReadOut:
+async def mark_read(
+    session_id: UUID, body: ReadBody, principal: Party, ctx: CtxDep, now: NowDep
+) -> ReadOut:
     """The caller's read cursor moves to `seq`, never backwards (a lower `seq` leaves it
     and returns where it is); `seq` above the last message is 422."""
-    cursor = await do_mark_read(ctx, session_id=session_id, principal=principal, seq=body.seq)
+    cursor = await do_mark_read(
+        ctx, session_id=session_id, principal=principal, seq=body.seq, now=now
+    )
     return ReadOut(read=cursor)
