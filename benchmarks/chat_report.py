@@ -109,13 +109,15 @@ def markdown(out: dict[str, Any], name: str) -> str:
         if "skipped" in replay:
             lines.append(f"Reconnect replay: skipped ({replay['skipped']}).")
         else:
+            rest = replay["rest_ms"]
             lines.append(
                 f"Reconnect replay of {replay['events']} missed events (`/ws?since=`):"
                 f" all received, in order, once, {_f(replay['to_last_ms'], 0)} ms from"
                 f" connect to the last ({_f(replay['events_per_s'], 0)} events/s; `ready`"
-                f" after {_f(replay['to_ready_ms'])} ms); the same events paged over"
-                f" `GET /api/events` (500 a page): {_f(replay['rest_ms'], 0)} ms."
-                f" Per trial: {', '.join(_f(r['to_last_ms'], 0) for r in replay['trials'])} ms."
+                f" after {_f(replay['to_ready_ms'])} ms). Per trial:"
+                f" {', '.join(_f(r['to_last_ms'], 0) for r in replay['trials'])} ms. The same"
+                " events paged over `GET /api/events` (500 a page): "
+                + ("not in this tree." if rest is None else f"{rest:,.0f} ms.")
             )
     stmts = out.get("statements")
     if stmts is not None:
