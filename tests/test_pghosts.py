@@ -20,6 +20,7 @@ from halobestie.errors import DatabaseUnavailable
 from halobestie.pghosts import Host, asyncpg_dsn, check_database_url, connect, hosts_of
 from tests.conftest import Servers
 from tests.multi.processes import free_port
+from tests.test_cli import halobestie
 
 
 @pytest.mark.parametrize(
@@ -135,3 +136,25 @@ async def test_a_write_refused_as_read_only_is_unavailable_and_the_next_connecti
     async with db.transaction() as conn:
         await conn.execute("CREATE TEMP TABLE writable (n int)")
         assert not await conn.fetchval("SELECT current_setting('transaction_read_only')::bool")
+
+
+async def test_cli_commands_reach_the_writable_host_past_a_dead_one(
+    clean: Servers, pg: asyncpg.Connection
+) -> None:
+    """`migrate` (alembic through pghosts.connect) and `create-admin` (the pool), with a
+    host that refuses named first; and a refusal without a traceback when every host does."""
+    url = with_hosts(clean.database_url, [Host("127.0.0.1", free_port()), own_host(clean)])
+    migrated = await halobestie("migrate", database_url=url)
+    assert migrated.code == 0, migrated
+    created = await halobestie(
+        "create-admin", "--email", "hosts@example.com", "--password", "a password",
+        database_url=url,
+    )  # fmt: skip
+    assert created.code == 0, created
+    assert await pg.fetchval("SELECT role FROM users WHERE email = 'hosts@example.com'") == "admin"
+
+    dead = [Host("127.0.0.1", free_port()), Host("127.0.0.1", free_port())]
+    refused = await halobestie("migrate", database_url=with_hosts(clean.database_url, dead))
+    assert refused.code == 1, refused
+    assert "cannot reach Postgres" in refused.err
+    assert "Traceback" not in refused.err + refused.out
