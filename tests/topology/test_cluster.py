@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from halobestie.availability.sweeps import run_auto_offline, run_heartbeat_writeback
 from halobestie.config import hash_tag
 from halobestie.events.bus import bus
 from tests.conftest import eventually, settings_for
@@ -119,6 +120,10 @@ async def test_main_flows_run_from_the_mirror_on_a_three_primary_cluster(
     assert r.status_code == 200 and r.json()["online"] == 3, r.text
     r = await a.client.get("/api/admin/availability/drift", headers=admin.headers)
     assert r.status_code == 200 and r.json()["in_sync"] is True, r.text
+    # the sweeps read the mirror too
+    assert (await run_heartbeat_writeback(a.ctx, a.clock.now())).ran
+    swept = await run_auto_offline(b.ctx, b.clock.now())
+    assert swept.ran and swept.affected == 0, swept
 
     # every key the engine wrote is under the prefix, on the one primary of its slot
     home = valkey_cluster.home(PREFIX)
