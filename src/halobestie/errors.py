@@ -61,6 +61,19 @@ class MitraDeactivated(Forbidden):
     code = "mitra_deactivated"
 
 
+class Gone(DomainError):
+    """What was asked for existed once and is no longer kept (410)."""
+
+    code = "gone"
+
+
+class EventsExpired(Gone):
+    """Events after the client's position are past EVENT_RETENTION_SECONDS (or the
+    position is beyond the user's last event): the client refetches its state (SPEC §6)."""
+
+    code = "events_expired"
+
+
 class ServiceUnavailable(DomainError):
     """Retryable: the request may succeed unchanged in a moment (503 + Retry-After)."""
 

@@ -27,3 +27,13 @@ def test_every_published_event_is_documented() -> None:
     assert published <= set(asyncapi.SERVER_EVENTS)
     messages = asyncapi.document()["channels"]["ws"]["messages"]
     assert {m["name"] for m in messages.values()} >= published | {"ready", "admin.counts"}
+
+
+def test_recorded_events_are_documented_with_seq_and_the_others_without() -> None:
+    messages = asyncapi.document()["channels"]["ws"]["messages"]
+    for name, message in messages.items():
+        has_seq = "seq" in message["payload"]["properties"]
+        recorded = name.startswith("server.") and message["name"] in asyncapi.RECORDED
+        assert has_seq == recorded, name
+    assert "admin.counts" not in asyncapi.RECORDED and "typing" not in asyncapi.RECORDED
+    assert {"ready", "resync_required"} <= set(asyncapi.SERVER_EVENTS) - asyncapi.RECORDED

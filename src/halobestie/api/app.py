@@ -19,7 +19,19 @@ from .errors import install_error_handlers
 from .hotpath import HotPath
 from .limits import BodyLimitMiddleware
 from .openapi import install_docs
-from .routers import admin, auth, chat, console, mitra, ops, pairing, payments, public, sessions
+from .routers import (
+    admin,
+    auth,
+    chat,
+    console,
+    events,
+    mitra,
+    ops,
+    pairing,
+    payments,
+    public,
+    sessions,
+)
 
 
 class HalobestieApp(FastAPI):
@@ -69,7 +81,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     for route in ws.routes:
         app.router.routes.append(route)
     routers = (auth.router, admin.router, mitra.router, public.router, ops.router, pairing.router)
-    for router in (*routers, sessions.router, chat.router, payments.router, console.router):
+    for router in (*routers, sessions.router, chat.router, events.router):
+        app.include_router(router)
+    for router in (payments.router, console.router):
         app.include_router(router)
     app.mount("/admin/static", console.static, name="console-static")
     install_error_handlers(app)

@@ -2,8 +2,10 @@
 
 `docs/asyncapi.json` is this document (`python -m halobestie.api.asyncapi >
 docs/asyncapi.json`); tests/api/test_asyncapi.py fails when the two differ, so the file
-follows the models. Frames are `{"type": ..., "data": {...}}`; api/ws.py tells the
-protocol (handshake, close codes), realtime.md the guarantees.
+follows the models. Frames are `{"type": ..., "seq": n, "data": {...}}` for recorded
+events (`seq`: the user's event number, SPEC §6) and `{"type": ..., "data": {...}}` for
+the others (RECORDED tells which); api/ws.py tells the protocol (handshake, `since`,
+close codes), realtime.md the guarantees.
 """
 
 from __future__ import annotations
@@ -23,6 +25,17 @@ from .models import ErrorBody, Offer, Role, SessionOut
 class Ready(BaseModel):
     user_id: str
     role: Role
+    last_seq: int | None = Field(
+        description="the user's last event number when the socket opened (0 before the"
+        " first; null only while Postgres is unreachable and no since was given)"
+    )
+
+
+class ResyncRequired(BaseModel):
+    last_seq: int = Field(
+        description="events after since are no longer kept: refetch the state over REST;"
+        " the stream continues after this seq"
+    )
 
 
 class PairingTaken(BaseModel):
@@ -66,7 +79,8 @@ class TypingRequest(BaseModel):
 
 # type -> (data model, who gets it)
 SERVER_EVENTS: dict[str, tuple[type[BaseModel], str]] = {
-    "ready": (Ready, "first frame: from now on no event for this user is missed"),
+    "ready": (Ready, "first frame: then the replay after since, if given, then live"),
+    "resync_required": (ResyncRequired, "since is older than what is kept (or beyond it)"),
     "pong": (Empty, "the answer to ping"),
     "error": (ErrorBody, "a client frame was not understood (error: invalid_message)"),
     "pairing.offer": (Offer, "to each mitra offered a pairing request"),
@@ -79,6 +93,18 @@ SERVER_EVENTS: dict[str, tuple[type[BaseModel], str]] = {
     "typing": (Typing, "to the other party (relayed, never stored)"),
     "admin.counts": (Overview, "to admins: the console's overview, when it changes"),
 }
+# Recorded in the event log: these frames carry `seq` (all the others do not).
+RECORDED = frozenset(
+    {
+        "pairing.offer",
+        "pairing.taken",
+        "pairing.expired",
+        "session.updated",
+        "session.ending_soon",
+        "message.created",
+        "message.read",
+    }
+)
 CLIENT_FRAMES: dict[str, tuple[type[BaseModel] | None, str]] = {
     "ping": (None, "answered with pong"),
     "typing": (TypingRequest, "relayed to the other party, at most 1/s"),
@@ -88,12 +114,20 @@ CLOSE_CODES = {
     1008: "invalid_token / token_expired / logged_out / account_deactivated (reason says)",
     1009: "a text frame over 4 KiB",
     1012: "server restart: reconnect",
-    1013: "too many unread events: reconnect and refetch over REST",
+    1013: "too many unread events, or Postgres unreachable for a replay (events_unavailable):"
+    " reconnect with since",
 }
 
 
 def _message(name: str, kind: str, data: str | None, summary: str) -> dict[str, Any]:
     properties: dict[str, Any] = {"type": {"const": kind}}
+    if name.startswith("server.") and kind in RECORDED:
+        properties["seq"] = {
+            "type": "integer",
+            "minimum": 1,
+            "description": "the user's event number: 1, 2, 3, ... with no gap, in commit"
+            " order, shared by all the user's sockets; dedupe by it",
+        }
     if data:
         properties["data"] = {"$ref": f"#/components/schemas/{data}"}
     return {
@@ -116,10 +150,10 @@ def document() -> dict[str, Any]:
     )
     messages: dict[str, Any] = {}
     for kind, (model, summary) in SERVER_EVENTS.items():
-        messages["server." + kind] = _message(kind, kind, model.__name__, summary)
+        messages["server." + kind] = _message("server." + kind, kind, model.__name__, summary)
     for kind, (request, summary) in CLIENT_FRAMES.items():
         data = request.__name__ if request else None
-        messages["client." + kind] = _message(kind, kind, data, summary)
+        messages["client." + kind] = _message("client." + kind, kind, data, summary)
     refs = {name: {"$ref": f"#/channels/ws/messages/{name}"} for name in messages}
     closes = "; ".join(f"{code}: {why}" for code, why in CLOSE_CODES.items())
     return {
@@ -128,9 +162,14 @@ def document() -> dict[str, Any]:
             "title": "halobestie events",
             "version": "0.1.0",
             "description": (
-                "GET /ws?token=<access token>. Frames are JSON text {type, data}. A refused"
-                " token: accepted then closed 1008. Close codes: " + closes + ". Events"
-                " are hints; REST is the truth (refetch after ready)."
+                "GET /ws?token=<access token>[&since=<seq>]. Frames are JSON text"
+                " {type, seq, data} for recorded events (seq: the user's event number,"
+                " gapless, in commit order) and {type, data} for the others. With since:"
+                " ready, then every event with seq > since (or resync_required), then"
+                " live, no gap and no duplicate at the seam; without: ready, then live."
+                " A refused token: accepted then closed 1008. Close codes: "
+                + closes
+                + ". The same stream over REST: GET /api/events?after=<seq>."
             ),
         },
         "channels": {
@@ -142,7 +181,14 @@ def document() -> dict[str, Any]:
                         "query": {
                             "type": "object",
                             "required": ["token"],
-                            "properties": {"token": {"type": "string"}},
+                            "properties": {
+                                "token": {"type": "string"},
+                                "since": {
+                                    "type": "integer",
+                                    "minimum": 0,
+                                    "description": "the last seq received: replay after it",
+                                },
+                            },
                         }
                     }
                 },

@@ -26,6 +26,7 @@ STATUS: list[tuple[type[e.DomainError], int]] = [
     (e.Conflict, 409),
     (e.AuthError, 401),
     (e.Forbidden, 403),
+    (e.Gone, 410),
     (e.ServiceUnavailable, 503),
     (e.ValkeyUnavailable, 503),
 ]

@@ -195,3 +195,17 @@ class Liveness(BaseModel):
 class Readiness(BaseModel):
     postgres: str = Field(description="ok, unavailable or database_busy")
     valkey: Literal["ok", "degraded"]
+
+
+class Event(BaseModel):
+    """One recorded event (SPEC §6): what the socket sent as `{type, seq, data}`."""
+
+    seq: int = Field(description="the user's event number: 1, 2, 3, ... with no gap")
+    type: str = Field(description="pairing.offer, session.updated, message.created, ...")
+    data: dict[str, Any]
+    created_at: str
+
+
+class EventsOut(BaseModel):
+    events: list[Event]
+    last_seq: int = Field(description="the user's last event number (0 before the first)")

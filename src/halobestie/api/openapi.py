@@ -38,6 +38,7 @@ MEANING = {
     403: "the token's role may not do this (forbidden, account_deactivated, ...)",
     404: "not found, or not visible to the caller",
     409: "conflicts with the current state (invalid_state, already_taken, ...)",
+    410: "no longer kept (events_expired: refetch the state, then continue from last_seq)",
     413: "body over the size limit (payload_too_large)",
     422: "the request is malformed (invalid_request): detail says what and where",
     503: "Postgres or Valkey unavailable, or overloaded: retry after Retry-After",

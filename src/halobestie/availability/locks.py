@@ -24,6 +24,8 @@ SEED = 1
 AUTO_OFFLINE = 2
 HEARTBEAT_WRITEBACK = 3
 RESEED_SWEEP = 4
+# The event log's retention sweep (events/retention.py keeps a copy: it sits below us).
+EVENT_RETENTION = 5
 
 # hashtextextended maps a uuid to a bigint; a collision only serialises two mitras.
 # Transaction-level: held until the writer's transaction ends (sync.py).

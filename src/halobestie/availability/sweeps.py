@@ -18,6 +18,8 @@ from ..aftercommit import run_after_commit
 from ..clock import parse_iso
 from ..context import Context
 from ..errors import MirrorUnavailable, ServiceUnavailable
+from ..events.retention import cadence as event_retention_cadence
+from ..events.retention import run_event_retention
 from ..logs import get_logger
 from ..valkey.mirror import Client
 from . import locks
@@ -162,6 +164,7 @@ class SweepRunner:
             ("auto_offline", s.mitra_auto_offline_sweep_seconds, run_auto_offline),
             ("heartbeat_writeback", s.heartbeat_mirror_interval_seconds, run_heartbeat_writeback),
             ("reseed", s.valkey_online_mirror_sweep_seconds, run_reseed),
+            ("event_retention", event_retention_cadence(s), run_event_retention),
         ):
             self._tasks.append(asyncio.create_task(self._loop(name, every, sweep), name=name))
 

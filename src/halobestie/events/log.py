@@ -32,6 +32,10 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from ..clock import iso
+from ..context import Context
+from ..errors import EventsExpired
+
 # Bump the counters (one row per user, sorted: one lock order for everybody) and insert
 # the events numbered below each user's new counter. `back` is how far below the new
 # counter an event lies (0 for the user's last event in this batch).
@@ -187,3 +191,42 @@ async def delete_expired(conn: Any, before: datetime, batch: int) -> int:
     """Delete at most `batch` events created before `before`; returns how many."""
     status = await conn.execute(DELETE_EXPIRED_SQL, before, batch)
     return int(status.split()[-1])
+
+
+@dataclass(frozen=True)
+class Page:
+    """`GET /api/events`: events after a position, and where the log stands."""
+
+    events: list[Stored]
+    last_seq: int
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "events": [
+                {
+                    "seq": e.seq,
+                    "type": e.type,
+                    "data": json.loads(e.data_json),
+                    "created_at": iso(e.created_at),
+                }
+                for e in self.events
+            ],
+            "last_seq": self.last_seq,
+        }
+
+
+async def list_events(ctx: Context, user_id: UUID, *, after: int, limit: int) -> Page:
+    """The user's events with seq > `after`, at most `limit`, ascending, and the user's
+    last seq, read in one snapshot (REPEATABLE READ). Raises EventsExpired when events
+    after `after` are no longer kept (or `after` is beyond the last seq);
+    DatabaseUnavailable / DatabaseBusy."""
+    async with ctx.db.transaction("repeatable_read") as conn:
+        where = await position(conn, user_id, after)
+        if not where.retained:
+            if after > where.last_seq:
+                detail = f"after={after} is beyond the last event ({where.last_seq})"
+            else:
+                detail = f"events after {after} are no longer kept"
+            raise EventsExpired(f"{detail}; refetch the state and continue from last_seq")
+        events = await read_range(conn, user_id, after, where.last_seq, limit)
+    return Page(events, where.last_seq)
