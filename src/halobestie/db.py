@@ -194,6 +194,20 @@ class Database:
         self._unreachable = False
 
     async def open(self) -> None:
+        """Opens the pool (and the direct pool behind a pooler). Raises what connecting
+        raises; a pooler refusing the bounds says which setting is missing."""
+        try:
+            await self._open_pool()
+        except asyncpg.ProtocolViolationError as exc:
+            if "unsupported startup parameter" not in str(exc):
+                raise
+            raise RuntimeError(
+                f"{exc}: DATABASE_URL goes through a pooler in transaction mode (PgBouncer);"
+                " set DATABASE_DIRECT_URL to the server itself (docs/subsystems/failures.md,"
+                " PgBouncer)"
+            ) from exc
+
+    async def _open_pool(self) -> None:
         self._pool = await asyncpg.create_pool(
             self._dsn,
             min_size=1,

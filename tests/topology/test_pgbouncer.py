@@ -26,7 +26,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from halobestie.auth.passwords import hash_password
-from halobestie.db import Bounds
+from halobestie.db import Bounds, Database
 from tests.conftest import Servers, eventually
 from tests.multi.processes import (
     ServeProcess,
@@ -394,6 +394,11 @@ async def test_without_its_settings_the_app_breaks_behind_pgbouncer(
             await asyncpg.connect(url, server_settings=BOUNDS.server_settings())
         conn = await asyncpg.connect(url, server_settings=BOUNDS.server_settings(pooled=True))
         await conn.close()
+        # ... and what an instance says then, DATABASE_DIRECT_URL unset.
+        db = Database(url, pool_size=1, timeout=5, bounds=BOUNDS)
+        with pytest.raises(RuntimeError, match="set DATABASE_DIRECT_URL"):
+            await db.open()
+        await db.close()
 
         # 2. A statement cached on one server connection, used again while another
         # client holds that connection in a transaction: PgBouncer sends it elsewhere.
