@@ -74,6 +74,22 @@ def alive(pid: int | None) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
+def running_in(data_dir: Path) -> list[int]:
+    """Live processes working in `data_dir`: a postmaster and its backends run in their
+    PGDATA, valkey-server in its --dir (both chdir there)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cwd = Path(os.readlink(proc / "cwd"))
+        except OSError:
+            continue
+        if cwd.is_relative_to(data_dir) and alive(int(proc.name)):
+            found.append(int(proc.name))
+    return found
+
+
 def lock_is_free(data_dir: Path) -> bool:
     with open(data_dir / LOCK_FILE, "a+b") as f:
         try:
@@ -215,6 +231,7 @@ async def test_dev_answers_once_it_says_it_is_up_and_a_signal_stops_its_servers(
             assert preflight.headers["access-control-allow-origin"] == "http://localhost:5173"
         postgres, valkey = run.postgres_pid, run.valkey_pid
         assert alive(postgres) and alive(valkey), run.output()
+        assert {postgres, valkey} <= set(running_in(data_dir))
         assert not lock_is_free(data_dir)
 
         code = await run.stop(sig)
@@ -222,8 +239,24 @@ async def test_dev_answers_once_it_says_it_is_up_and_a_signal_stops_its_servers(
         assert code == 0, text[-3000:]
         assert "Traceback" not in text, text[-3000:]
         # pg_ctl returns once the postmaster removed its pid file, a moment before it exits.
-        await eventually(lambda: not alive(postgres) and not alive(valkey), within=10)
+        await eventually(lambda: not running_in(data_dir), within=10)
         assert not (data_dir / "postgres" / "postmaster.pid").exists()
+        assert lock_is_free(data_dir)
+
+
+async def test_a_signal_while_the_servers_start_stops_them_once_started(data_dir: Path) -> None:
+    async with dev_run(data_dir, free_port()) as run:
+
+        def starting() -> bool:
+            assert run.proc.returncode is None, run.output()
+            return "starting the servers" in run.output()
+
+        await eventually(starting, within=STARTUP_SECONDS)
+        code = await run.stop(signal.SIGTERM)
+        text = run.output()
+        assert code == 1 and "Aborted!" in text, text[-3000:]  # click's answer to Ctrl-C
+        assert UP not in text and "Traceback" not in text, text[-3000:]
+        await eventually(lambda: not running_in(data_dir), within=10)
         assert lock_is_free(data_dir)
 
 

@@ -192,9 +192,9 @@ def dev(
                 held.enter_context(data_dir_lock(data_dir))
         except (Refused, EmbeddedServersMissing) as exc:
             raise click.ClickException(str(exc)) from None
-        # A process manager's SIGTERM while the servers start or the schema migrates ends
-        # the run like Ctrl-C (KeyboardInterrupt), through the `finally` that stops them;
-        # while serving, devserve.py handles both signals.
+        # A process manager's SIGTERM while the schema migrates ends the run like Ctrl-C
+        # (KeyboardInterrupt), through the `finally` that stops the servers; while they
+        # start, both wait for them (_dev); while serving, devserve.py handles both.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         demo_options = (demo, demo_rate, demo_mitras, demo_customers)
         _dev(data_dir, host, port, sock, database_url, valkey_url, demo_options)
@@ -209,30 +209,35 @@ def _dev(
     valkey_url: str | None,
     demo_options: tuple[bool, float, int, int],
 ) -> None:
+    from .config import DEV_CORS_ALLOWED_ORIGINS, DEV_JWT_SECRET, DEV_WEBHOOK_SECRET
     from .demo import DEMO_LOGINS, DEMO_TIMINGS, seed_demo
+    from .devserve import signals_held
     from .devservers import start_local_servers
 
     demo, demo_rate, demo_mitras, demo_customers = demo_options
     click.echo("starting the servers (embedded where DATABASE_URL / VALKEY_URL are unset) ...")
-    servers = start_local_servers(
-        data_dir, database="halobestie", database_url=database_url, valkey_url=valkey_url
-    )
-    env: dict[str, Any] = {
-        "HALOBESTIE_ENV": os.environ.get("HALOBESTIE_ENV", "dev"),
-        "DATABASE_URL": servers.database_url,
-        "VALKEY_URL": servers.valkey_url,
-    }
-    from .config import DEV_CORS_ALLOWED_ORIGINS, DEV_JWT_SECRET, DEV_WEBHOOK_SECRET
-
-    env.setdefault("JWT_SECRET", os.environ.get("JWT_SECRET", DEV_JWT_SECRET))
-    env.setdefault(
-        "PAYMENT_WEBHOOK_SECRET", os.environ.get("PAYMENT_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET)
-    )
-    if "CORS_ALLOWED_ORIGINS" not in os.environ:  # a front end's dev server may call us
-        env["CORS_ALLOWED_ORIGINS"] = DEV_CORS_ALLOWED_ORIGINS
-    if demo:  # cadences short enough to watch, unless the environment sets them
-        env.update({k: v for k, v in DEMO_TIMINGS.items() if k not in os.environ})
+    # A signal while they start waits for them (interrupted half-way, one could be left
+    # running with nobody to stop it), then ends the run through the `finally` below.
+    with signals_held() as received:
+        servers = start_local_servers(
+            data_dir, database="halobestie", database_url=database_url, valkey_url=valkey_url
+        )
     try:
+        if received:
+            raise KeyboardInterrupt
+        env: dict[str, Any] = {
+            "HALOBESTIE_ENV": os.environ.get("HALOBESTIE_ENV", "dev"),
+            "DATABASE_URL": servers.database_url,
+            "VALKEY_URL": servers.valkey_url,
+        }
+        env.setdefault("JWT_SECRET", os.environ.get("JWT_SECRET", DEV_JWT_SECRET))
+        env.setdefault(
+            "PAYMENT_WEBHOOK_SECRET", os.environ.get("PAYMENT_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET)
+        )
+        if "CORS_ALLOWED_ORIGINS" not in os.environ:  # a front end's dev server may call us
+            env["CORS_ALLOWED_ORIGINS"] = DEV_CORS_ALLOWED_ORIGINS
+        if demo:  # cadences short enough to watch, unless the environment sets them
+            env.update({k: v for k, v in DEMO_TIMINGS.items() if k not in os.environ})
         settings = _settings(lambda: load_settings(**env))
         _migrate(settings.direct_dsn)
         asyncio.run(seed_demo(settings.asyncpg_dsn))

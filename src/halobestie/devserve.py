@@ -71,6 +71,20 @@ def data_dir_lock(data_dir: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock; the file stays, harmless
 
 
+@contextlib.contextmanager
+def signals_held() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM are noted, not acted on, inside the block: the list it yields
+    holds those that arrived, for the caller to act on once the block is done."""
+    received: list[int] = []
+    handled = (signal.SIGINT, signal.SIGTERM)
+    originals = {sig: signal.signal(sig, lambda sig, _: received.append(sig)) for sig in handled}
+    try:
+        yield received
+    finally:
+        for sig, handler in originals.items():
+            signal.signal(sig, handler)
+
+
 def bind_port(host: str, port: int) -> socket.socket:
     """A socket bound to (host, port) for uvicorn to serve on, as uvicorn binds its own
     (SO_REUSEADDR, which still refuses a port another socket listens on). Raises Refused
