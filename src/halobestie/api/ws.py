@@ -1,25 +1,44 @@
-"""`GET /ws?token=<access token>`: the user's live event stream.
+"""`GET /ws?token=<access token>[&since=<seq>]`: the user's event stream (SPEC §6).
 
 The token is checked before anything else: signature, expiry (our clock), and, when
 Postgres answers, that its login was not ended (logout, deactivation). A refused token
 gets the socket accepted and closed at once with 1008 (policy violation) and the reason
 `invalid_token: ...`, never reading a frame: browsers cannot see a refused handshake's
 status, but they can see a close code, so a client knows to refresh instead of retrying.
+A `since` that is not an integer >= 0 closes it the same way (`invalid_request: ...`).
 
-Once open, the server sends `{"type": "ready", "data": {...}}` (from then on no event for
-this user is missed: a client that reconnects refetches state over REST after it), then
-every event for the user. The client may send `{"type": "ping"}`; the answer is
-`{"type": "pong"}`. It may send `{"type": "typing", "data": {"session_id": ...}}`, relayed
-to the session's other party (chat/typing.py; nothing is answered, a malformed one gets an
-`error` event). Anything else gets an `error` event; binary or oversized frames
-close the socket (1003, 1009). The socket closes with 1008 `token_expired` when its
-access token expires: the client reconnects with a fresh one. A logout closes that
-login's sockets, a deactivation every socket of the mitra, on any instance, with 1008 and
-`logged_out: ...` / `account_deactivated: ...` (auth/sockets.py): the client tells the
-person and does not reconnect with that login.
+Once open, the server sends `{"type": "ready", "data": {"user_id", "role", "last_seq"}}`
+(`last_seq`: the user's last event number; null only when Postgres could not be read and
+no `since` was given). Then:
+
+* with `since`: every event with `seq > since`, in order, then live, with no gap and no
+  duplicate at the seam (the socket is attached to the bus before the log is read;
+  events/stream.py orders and dedupes by seq). When events after `since` are no longer
+  kept (EVENT_RETENTION_SECONDS) or `since` is beyond `last_seq`:
+  `{"type": "resync_required", "data": {"last_seq": n}}`, then live after n: the client
+  refetches its state over REST. Postgres unreachable: closed with 1013
+  `events_unavailable: ...`; the client retries later with the same `since`;
+* without `since`: live events only (those after `last_seq`).
+
+Recorded events are `{"type", "seq", "data"}`: `seq` is the user's event number, 1, 2,
+3, ... with no gap, in commit order, shared by all the user's sockets. `ready`, `pong`,
+`error`, `typing`, `resync_required` and `admin.counts` carry no `seq`. A client keeps the
+last `seq` it processed, drops a frame whose `seq` is not above it, and reconnects with
+`since=<it>`.
+
+The client may send `{"type": "ping"}`; the answer is `{"type": "pong"}`. It may send
+`{"type": "typing", "data": {"session_id": ...}}`, relayed to the session's other party
+(chat/typing.py; nothing is answered, a malformed one gets an `error` event). Anything
+else gets an `error` event; binary or oversized frames close the socket (1003, 1009).
+The socket closes with 1008 `token_expired` when its access token expires: the client
+reconnects with a fresh one (and `since`). A logout closes that login's sockets, a
+deactivation every socket of the mitra, on any instance, with 1008 and `logged_out: ...`
+/ `account_deactivated: ...` (auth/sockets.py): the client tells the person and does not
+reconnect with that login.
 
 Each socket has a bounded outbox written by one task: a slow client never slows the
-event bus or other clients; one that falls too far behind is closed (1013) and refetches.
+event bus or other clients; one that falls too far behind is closed (1013) and
+reconnects with `since`. A replay waits for room in the outbox instead (pages of 500).
 """
 
 from __future__ import annotations
