@@ -6,6 +6,7 @@ that serves the prefix's slot. Startup refuses cluster mode without a hash tag."
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +17,7 @@ import pytest
 from halobestie.availability.sweeps import run_auto_offline, run_heartbeat_writeback
 from halobestie.config import hash_tag
 from halobestie.events.bus import bus
+from halobestie.valkey.client import VALKEY_FAILURES
 from tests.conftest import eventually, settings_for
 from tests.events.live import Live, LiveFactory, live_app_fixture, next_event_of
 from tests.events.live import open_socket as socket_on
@@ -191,6 +193,54 @@ async def test_the_mirrors_primary_restarted_empty_is_reseeded_before_it_is_trus
         assert r.status_code == 200, r.text
         r = await app.client.get("/api/admin/dashboard", headers=admin.headers)
         assert r.json()["source"] == "valkey" and r.json()["online_count"] == 2, r.text
+
+
+async def test_a_failover_of_the_mirrors_primary_is_reseeded_on_the_promoted_replica(
+    tmp_path: Path, live_app: LiveFactory
+) -> None:
+    """Three primaries with a replica each. The primary of the prefix's slot is killed; its
+    replica is promoted by the cluster (a new server lifetime, with whatever it had
+    replicated): heartbeats and the beacon never fail meanwhile, and the mirror is trusted
+    again only after a reseed on the promoted replica, with drift 0."""
+    with three_primaries(tmp_path, replicas=1) as cluster:
+        primary, replica = cluster.serving(PREFIX)[:2]
+        promoted_run_id = ask(replica, "INFO", "server")["run_id"]
+        async with live_app(**cluster_env(cluster)) as app:
+            mirror = app.ctx.mirror
+            admin = await make_user(app.ctx, "admin")
+            mitras = [await make_user(app.ctx, "mitra") for _ in range(2)]
+            for mitra in mitras:
+                r = await app.client.post("/api/mitra/status/online", headers=mitra.headers)
+                assert r.status_code == 200, r.text
+            assert await mirror.current_run_id() == ask(primary, "INFO", "server")["run_id"]
+
+            reseeds = _counted(app, "halobestie_mirror_seeds_total", {"reason": "reconnect"})
+            cluster.kill(primary)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while not (mirror.trusted and await _run_id(app) == promoted_run_id):
+                assert loop.time() < deadline, "not re-trusted on the promoted replica in 30 s"
+                for mitra in mitras:
+                    r = await app.client.post("/api/mitra/status/heartbeat", headers=mitra.headers)
+                    assert r.status_code == 200, r.text
+                r = await app.client.get("/api/availability")
+                assert r.status_code == 200 and r.json()["available_count"] == 2, r.text
+                await asyncio.sleep(0.1)
+
+            assert cluster.serving(PREFIX)[0] == replica
+            assert _counted(app, "halobestie_mirror_seeds_total", {"reason": "reconnect"}) > reseeds
+            r = await app.client.get("/api/admin/availability/drift", headers=admin.headers)
+            assert r.status_code == 200 and r.json()["in_sync"] is True, r.text
+            r = await app.client.get("/api/admin/dashboard", headers=admin.headers)
+            assert r.json()["source"] == "valkey" and r.json()["online_count"] == 2, r.text
+
+
+async def _run_id(live: Live) -> str | None:
+    """The run_id of the server the mirror trusts, None while it cannot be asked."""
+    try:
+        return await live.ctx.mirror.current_run_id()
+    except VALKEY_FAILURES:
+        return None
 
 
 def test_a_cluster_prefix_needs_a_hash_tag() -> None:

