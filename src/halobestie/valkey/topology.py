@@ -14,12 +14,16 @@ mirror reseed before it is trusted again (mirror.py).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from valkey.asyncio import Valkey
 from valkey.asyncio.connection import SSLConnection, parse_url
-from valkey.asyncio.sentinel import Sentinel
+from valkey.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from valkey.exceptions import ValkeyError
 
 from ..config import Settings
 
@@ -47,12 +51,60 @@ def endpoint(settings: Settings) -> ValkeyEndpoint:
     )
 
 
+# How often a pool asks the Sentinels where the primary is, besides on every new
+# connection. A switchover (SENTINEL FAILOVER) leaves the old primary up and taking writes
+# until the Sentinels turn it into a replica, measured ~10 s later (their INFO period):
+# without this, pooled connections would keep writing there, and one instance could trust
+# the old server while another reseeds the new one.
+RECHECK_SECONDS = 1.0
+
+
+class _FollowingPool(SentinelConnectionPool):
+    """A Sentinel pool that follows a switchover within RECHECK_SECONDS: the first
+    checkout after that long starts a check in the background (one Sentinel round trip;
+    no request waits for it, so a slow or unreachable Sentinel costs nothing); a changed
+    primary disconnects the idle connections (valkey-py) and, as they come back, the ones
+    that were in use. Sentinels that do not answer leave the pool on the primary it has
+    (if that one died too, its connections say so)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._recheck_at = time.monotonic() + RECHECK_SECONDS
+        self._rechecking: asyncio.Task[None] | None = None
+
+    async def get_connection(self, command_name: Any, *keys: Any, **options: Any) -> Any:
+        now = time.monotonic()
+        if now >= self._recheck_at and (self._rechecking is None or self._rechecking.done()):
+            self._recheck_at = now + RECHECK_SECONDS
+            self._rechecking = asyncio.create_task(self._recheck(), name="sentinel-recheck")
+        return await super().get_connection(command_name, *keys, **options)  # type: ignore[no-untyped-call]
+
+    async def _recheck(self) -> None:
+        try:
+            await self.get_master_address()  # type: ignore[no-untyped-call]
+        except (ValkeyError, OSError, TimeoutError):
+            pass
+
+    async def stop_rechecking(self) -> None:
+        task, self._rechecking = self._rechecking, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def release(self, connection: Any) -> None:
+        if self.master_address not in (None, (connection.host, connection.port)):
+            await connection.disconnect()  # it talks to a former primary
+        await super().release(connection)
+
+
 class _SentinelManagedValkey(Valkey):
     """A primary's client that also closes its Sentinel clients when closed."""
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        pool: Any = self.connection_pool  # a _FollowingPool (master_for)
+        await pool.stop_rechecking()
         await super().aclose(close_connection_pool)
-        pool: Any = self.connection_pool  # a SentinelConnectionPool (master_for)
         for sentinel in pool.sentinel_manager.sentinels:
             await sentinel.aclose()
 
@@ -73,4 +125,8 @@ def sentinel_client(target: ValkeyEndpoint, options: dict[str, Any], timeout: fl
         sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
         **kwargs,
     )
-    return sentinels.master_for(target.sentinel_master, valkey_class=_SentinelManagedValkey)
+    return sentinels.master_for(
+        target.sentinel_master,
+        valkey_class=_SentinelManagedValkey,
+        connection_pool_class=_FollowingPool,
+    )
