@@ -84,11 +84,16 @@ async def test_requests_from_an_allowed_origin_carry_its_origin_and_others_get_n
             for r in (online, beat, beacon):
                 assert r.status_code == 200, r.text
                 assert r.headers.get("access-control-allow-origin") == expected
+                assert "Origin" in r.headers["vary"]
                 if expected is None:
                     assert cors_headers(r) == {}
                 else:  # a 503's Retry-After, a 401's challenge: readable by the page
                     exposed = r.headers["access-control-expose-headers"]
                     assert {"Retry-After", "WWW-Authenticate"} <= set(exposed.split(", "))
+        # A client without an Origin (an app, curl) gets no CORS header; every answer
+        # varies on Origin, so that a cache keeps them apart.
+        r = await live.client.get("/api/availability")
+        assert cors_headers(r) == {} and "Origin" in r.headers["vary"]
         # An error answer carries them too (the page can read why it was refused).
         r = await live.client.post("/api/mitra/status/heartbeat", headers={"Origin": FRONT})
         assert r.status_code == 401
