@@ -31,6 +31,16 @@ class Metrics:
         )
         for operation in ("publish", "publish_skipped", "subscribe"):
             self.event_bus_errors.labels(operation=operation)
+        self.event_log_reads = Counter(
+            "halobestie_event_log_reads_total",
+            "Reads of the event log by sockets (events/stream.py): hole (a delivery out of"
+            " order or lost, read after a 50 ms grace), behind (a since replay or the bus"
+            " catch-up), resync (events asked for were no longer kept).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("hole", "behind", "resync"):
+            self.event_log_reads.labels(reason=reason)
         self.after_commit_failures = Counter(
             "halobestie_after_commit_failures_total",
             "Effects of a committed write (mirror write-through, events) that failed; the"

@@ -216,6 +216,9 @@ async def test_a_hole_is_filled_from_postgres_and_a_duplicate_dropped(
             assert await seqs_until(ws, 3) == [1, 2, 3]
             await run_after_commit(live.ctx, lost)  # late deliveries: duplicates
             assert await nothing_pending(ws)
+        registry = live.ctx.metrics.registry
+        reads = registry.get_sample_value("halobestie_event_log_reads_total", {"reason": "hole"})
+        assert reads == 1
 
 
 async def test_the_bus_catch_up_delivers_what_pub_sub_lost(live_app: LiveFactory) -> None:

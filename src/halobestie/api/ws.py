@@ -58,11 +58,10 @@ from ..auth.queries import require_live_session
 from ..auth.tokens import Principal, decode_access_token
 from ..chat.typing import relay_typing
 from ..context import Context
-from ..db import Database
 from ..errors import AccountDeactivated, InvalidToken, ServiceUnavailable
 from ..events.bus import bus
 from ..events.log import position
-from ..events.stream import Sequencer, resync_frame
+from ..events.stream import Sequencer, TooFarBehind, resync_frame
 from ..logs import get_logger
 
 log = get_logger(__name__)
@@ -107,22 +106,27 @@ class Outbox:
             self.end_code = code
             self.ended.set()
 
-    def sequence(self, db: Database, user_id: UUID) -> Sequencer:
+    def sequence(self, ctx: Context, user_id: UUID) -> Sequencer:
         """Give this socket its sequencer (before it is attached to the bus)."""
         self.stream = Sequencer(
-            db,
+            ctx.db,
             user_id,
             put=self.put,
             put_wait=self.queue.put,
             fail=lambda reason: self.end(reason, TRY_AGAIN_LATER),
+            metrics=ctx.metrics,
         )
         return self.stream
 
     def offer(self, seq: int, text: str) -> None:
         if self.stream is None:
             self.put(text)
-        else:
+            return
+        try:
             self.stream.offer(seq, text)
+        except TooFarBehind:
+            self.overflowed.set()  # closed 1013 like a full outbox
+            raise
 
     def catch_up(self, last_seq: int) -> None:
         if self.stream is not None:
@@ -174,7 +178,7 @@ async def events_socket(websocket: WebSocket) -> None:
         await websocket.close(since.code, since.reason)
         return
     outbox = Outbox(principal.session_id)
-    stream = outbox.sequence(ctx.db, principal.user_id)
+    stream = outbox.sequence(ctx, principal.user_id)
     # Attached before the log is read: what commits after the read arrives here and is
     # kept by the sequencer until `ready` and the replay are out (the seam: anything
     # both read and delivered is deduped by seq).

@@ -38,6 +38,7 @@ from uuid import UUID
 from ..db import Database
 from ..errors import ServiceUnavailable
 from ..logs import get_logger
+from ..metrics import Metrics
 from .log import read_range
 
 log = get_logger(__name__)
@@ -68,10 +69,13 @@ class Sequencer:
         put: Callable[[str], None],
         put_wait: Callable[[str], Awaitable[None]],
         fail: Callable[[str], None],
+        metrics: Metrics | None = None,
     ) -> None:
         """`put` enqueues a frame without waiting (raises when the outbox is full),
-        `put_wait` waits for room; `fail(reason)` closes the socket (1013)."""
+        `put_wait` waits for room; `fail(reason)` closes the socket (1013); `metrics`
+        counts the reads (halobestie_event_log_reads_total)."""
         self.db = db
+        self.metrics = metrics
         self.user_id = user_id
         self._put = put
         self._put_wait = put_wait
@@ -185,14 +189,20 @@ class Sequencer:
             self.last += 1
         self._pending = {s: t for s, t in self._pending.items() if s > self.last}
 
+    def _count(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.event_log_reads.labels(reason=reason).inc()
+
     async def _read(self) -> None:
         """One page of the first hole `(last, upto]` from Postgres, sent in order."""
         assert self.last is not None
         upto = min(self._pending) - 1 if self._pending else self._target
+        self._count("hole" if self._pending else "behind")
         async with self.db.connection() as conn:
             rows = await read_range(conn, self.user_id, self.last, upto, PAGE)
         self.reads += 1
         if not rows or rows[0].seq != self.last + 1:
+            self._count("resync")
             # Expired meanwhile (the retention sweep): say so, go on after the hole.
             await self._put_wait(resync_frame(upto))
             self.last = upto
