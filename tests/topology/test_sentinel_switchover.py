@@ -1,12 +1,14 @@
 """A planned switchover (SENTINEL FAILOVER): the old primary stays up and keeps taking
 writes until the Sentinels turn it into a replica, ~10 s later. The app's pools must not
 wait for that: within a second or two they ask the Sentinels again, move to the new
-primary, and the mirror reseeds there before it is trusted (valkey/topology.py)."""
+primary, the mirror reseeds there before it is trusted, and the event subscriber that
+was on the old primary is moved too (valkey/topology.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +16,12 @@ from typing import Any
 import pytest
 import valkey.asyncio as valkey_async
 
+from halobestie.events.bus import EventBus
 from halobestie.metrics import Metrics
+from halobestie.valkey.keys import Keys
 from halobestie.valkey.mirror import Mirror
 from halobestie.valkey.topology import RECHECK_SECONDS, ValkeyEndpoint
+from tests.conftest import eventually
 from tests.topology.sentinel import MASTER, SentinelValkey, sentinel_valkey
 
 pytestmark = [pytest.mark.topology, pytest.mark.timeout(60)]
@@ -25,6 +30,17 @@ PROBE_SECONDS = 0.2
 # The pools' recheck, the watcher's probe and a seed, with slack for a loaded machine;
 # well under the ~10 s the old primary keeps taking writes.
 FOLLOW_BOUND = RECHECK_SECONDS + PROBE_SECONDS + 3.0
+
+
+USER = uuid.uuid4()
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    async def send_text(self, data: str) -> None:
+        self.texts.append(data)
 
 
 def setting(key: str, value: str) -> Callable[[Any], Awaitable[Any]]:
@@ -37,7 +53,7 @@ def topology(tmp_path: Path) -> Iterator[SentinelValkey]:
         yield started
 
 
-async def test_a_switchover_moves_the_mirror_to_the_new_primary_and_reseeds_it_there(
+async def test_a_switchover_moves_the_mirror_and_the_subscriber_to_the_new_primary(
     topology: SentinelValkey,
 ) -> None:
     target = ValkeyEndpoint(
@@ -50,6 +66,12 @@ async def test_a_switchover_moves_the_mirror_to_the_new_primary_and_reseeds_it_t
         seeded_on.append(int((await mirror.client.info("server"))["tcp_port"]))
 
     mirror.set_seeder(seeder)
+    a, b = (
+        EventBus(Metrics(), Keys(""), target, publish_timeout=0.5, retry_after=0.2) for _ in "ab"
+    )
+    inbox = Inbox()
+    b.attach(USER, inbox)
+    b.start()
     old: Any = valkey_async.Valkey(port=topology.primary.port, decode_responses=True)
     new: Any = valkey_async.Valkey(port=topology.replica.port, decode_responses=True)
     sentinel: Any = valkey_async.Valkey(port=topology.sentinel_ports[0])
@@ -57,6 +79,7 @@ async def test_a_switchover_moves_the_mirror_to_the_new_primary_and_reseeds_it_t
         assert await mirror.ensure_seeded("startup")
         mirror.start()
         assert seeded_on == [topology.primary.port]
+        await eventually(lambda: b.subscribed)
         await sentinel.execute_command("SENTINEL", "FAILOVER", MASTER)
         switched = await topology.wait_promoted(within=15)
 
@@ -86,8 +109,22 @@ async def test_a_switchover_moves_the_mirror_to_the_new_primary_and_reseeds_it_t
         await mirror.batched.command("SET", "batched", "after")
         assert await new.mget("pooled", "batched") == ["after", "after"]
         assert await old.mget("pooled", "batched") == before
-        print(f"\nmoved to the new primary and reseeded {followed:.2f}s after the switchover")
+
+        # Events: b's subscriber was on the old primary; a publishes on the new one.
+        n = 0
+        while not any(text.endswith(f'"n": {n}}}}}') for text in inbox.texts):
+            n += 1
+            await a.publish([USER], "typing", {"n": n})
+            assert time.monotonic() - switched < FOLLOW_BOUND, (inbox.texts[-3:], b.reconnects)
+            await asyncio.sleep(0.05)
+        crossed = time.monotonic() - switched
+        print(
+            f"\nmoved to the new primary and reseeded {followed:.2f}s after the switchover;"
+            f" events cross again {crossed:.2f}s after it"
+        )
     finally:
+        await a.stop()
+        await b.stop()
         await mirror.close()
         for client in (old, new, sentinel):
             await client.aclose()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,30 +60,38 @@ RECHECK_SECONDS = 1.0
 
 
 class _FollowingPool(SentinelConnectionPool):
-    """A Sentinel pool that follows a switchover within RECHECK_SECONDS: the first
-    checkout after that long starts a check in the background (one Sentinel round trip;
-    no request waits for it, so a slow or unreachable Sentinel costs nothing); a changed
-    primary disconnects the idle connections (valkey-py) and, as they come back, the ones
-    that were in use. Sentinels that do not answer leave the pool on the primary it has
-    (if that one died too, its connections say so)."""
+    """A Sentinel pool that follows a switchover within RECHECK_SECONDS: from its first
+    checkout on, it asks a Sentinel that often, in the background (one round trip; no
+    request waits for it, so a slow or unreachable Sentinel costs nothing). When the
+    primary changed: idle connections are disconnected (valkey-py), those in use as they
+    are released, and pub/sub connections at once (a subscription keeps its connection;
+    its next read fails and the subscriber reconnects). Sentinels that do not answer
+    leave the pool on the primary it has (if that one died too, its connections say so)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
-        self._recheck_at = time.monotonic() + RECHECK_SECONDS
         self._rechecking: asyncio.Task[None] | None = None
+        self._subscribed: weakref.WeakSet[Any] = weakref.WeakSet()
 
     async def get_connection(self, command_name: Any, *keys: Any, **options: Any) -> Any:
-        now = time.monotonic()
-        if now >= self._recheck_at and (self._rechecking is None or self._rechecking.done()):
-            self._recheck_at = now + RECHECK_SECONDS
+        if self._rechecking is None:
             self._rechecking = asyncio.create_task(self._recheck(), name="sentinel-recheck")
-        return await super().get_connection(command_name, *keys, **options)  # type: ignore[no-untyped-call]
+        connection = await super().get_connection(command_name, *keys, **options)  # type: ignore[no-untyped-call]
+        if command_name == "pubsub":
+            self._subscribed.add(connection)
+        return connection
 
     async def _recheck(self) -> None:
-        try:
-            await self.get_master_address()  # type: ignore[no-untyped-call]
-        except (ValkeyError, OSError, TimeoutError):
-            pass
+        while True:
+            await asyncio.sleep(RECHECK_SECONDS)
+            known = self.master_address
+            try:
+                await self.get_master_address()  # type: ignore[no-untyped-call]
+            except (ValkeyError, OSError, TimeoutError):
+                continue
+            if known is not None and self.master_address != known:
+                for connection in list(self._subscribed):
+                    await connection.disconnect()
 
     async def stop_rechecking(self) -> None:
         task, self._rechecking = self._rechecking, None
@@ -93,6 +101,7 @@ class _FollowingPool(SentinelConnectionPool):
                 await task
 
     async def release(self, connection: Any) -> None:
+        self._subscribed.discard(connection)
         if self.master_address not in (None, (connection.host, connection.port)):
             await connection.disconnect()  # it talks to a former primary
         await super().release(connection)
