@@ -146,7 +146,13 @@ def create_admin(email: str, password: str) -> None:
     help="Where the embedded Postgres and Valkey keep their files.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="0: any free port (the banner says which).",
+)
 @click.option(
     "--demo/--no-demo",
     default=False,
@@ -188,6 +194,7 @@ def dev(
                 require_embedded(postgres=not database_url, valkey=not valkey_url)
             sock = bind_port(host, port)
             held.callback(sock.close)
+            port = int(sock.getsockname()[1])  # the one picked, for --port 0
             if embedded:
                 held.enter_context(data_dir_lock(data_dir))
         except (Refused, EmbeddedServersMissing) as exc:
@@ -296,7 +303,8 @@ def _dev(
 
 def _client_host(host: str) -> str:
     """Where a local client reaches a server bound to `host`."""
-    return {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, host)  # noqa: S104
+    wildcard = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host)  # noqa: S104
+    return wildcard or (f"[{host}]" if ":" in host else host)  # an IPv6 address in a URL
 
 
 @main.command()
