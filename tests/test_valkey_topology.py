@@ -1,4 +1,5 @@
-"""The connection factory with Sentinels (valkey/topology.py): what each client is built
+"""The connection factory with Sentinels (valkey/topology.py; not under tests/valkey/, whose
+name would shadow the valkey package for import sorting): what each client is built
 with, before any connection is made (tests/topology/test_sentinel*.py run it against real
 Sentinels)."""
 
