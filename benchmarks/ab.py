@@ -84,34 +84,47 @@ def run_worker(src: Path, database_url: str, valkey_url: str, iterations: int) -
     return dict(json.loads(line[len("AB_JSON ") :]))
 
 
+def app_cpu(pid: int) -> float:
+    """CPU seconds (user + system) the process has spent so far."""
+    import psutil  # type: ignore[import-untyped]
+
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
+
+
 def interleaved(
     wrk: str,
-    targets: dict[str, str],
+    targets: dict[str, tuple[str, int]],
     method: str,
     trials: int,
     seconds: float,
     tokens_file: Path | None,
 ) -> dict[str, dict[str, Any]]:
-    """wrk (50 connections) against each URL, trials rotating through the targets; the
+    """wrk (50 connections) against each (URL, pid), trials rotating through the targets;
+    per trial also the app's CPU µs per request (less moved by the machine's other load
+    than req/s: a busy neighbour takes cores, not this process's work per request). The
     medians of the trials per target, and the trials."""
     results: dict[str, list[dict[str, Any]]] = {k: [] for k in targets}
     names = list(targets)
     for trial in range(trials):
         order = names[trial % len(names) :] + names[: trial % len(names)]
         for name in order:
+            url, pid = targets[name]
+            cpu_before = app_cpu(pid)
             r = loadgen.run_wrk(
                 wrk,
-                targets[name],
+                url,
                 method=method,
                 duration=seconds,
                 connections=50,
                 tokens_file=tokens_file,
             ).as_dict()
+            r["app_cpu_us"] = (app_cpu(pid) - cpu_before) / max(1, r["requests"]) * 1e6
             r["trial"] = trial
             results[name].append(r)
             print(
                 f"  {method} {name:<14} trial {trial + 1}: {r['rps']:8.0f} req/s"
-                f" p99 {r['p99_ms']:.1f} ms",
+                f" p99 {r['p99_ms']:.1f} ms, app CPU {r['app_cpu_us']:.0f} µs per request",
                 flush=True,
             )
     return {
@@ -119,6 +132,7 @@ def interleaved(
             "rps": statistics.median(t["rps"] for t in v),
             "p50_ms": statistics.median(t["p50_ms"] for t in v),
             "p99_ms": statistics.median(t["p99_ms"] for t in v),
+            "app_cpu_us": statistics.median(t["app_cpu_us"] for t in v),
             "trials": v,
         }
         for k, v in results.items()
@@ -157,25 +171,20 @@ async def main(base_src: Path, online: int, trials: int, seconds: float) -> dict
                 return procs.engine(name, env)
 
             new_src = SRC
-            targets = {
-                "floor": procs.floor(servers).base + "/heartbeat",
-                "base_valkey": engine("base-valkey", base_src, True).base,
-                "new_valkey": engine("new-valkey", new_src, True).base,
-                "base_postgres": engine("base-postgres", base_src, False).base,
-                "new_postgres": engine("new-postgres", new_src, False).base,
+            floor = procs.floor(servers)
+            running = {
+                "base_valkey": engine("base-valkey", base_src, True),
+                "new_valkey": engine("new-valkey", new_src, True),
+                "base_postgres": engine("base-postgres", base_src, False),
+                "new_postgres": engine("new-postgres", new_src, False),
             }
             hb = "/api/mitra/status/heartbeat"
-            out["heartbeat"] = interleaved(
-                wrk,
-                {k: v if k == "floor" else v + hb for k, v in targets.items()},
-                "POST",
-                trials,
-                seconds,
-                tokens_file,
-            )
+            heartbeats = {"floor": (floor.base + "/heartbeat", floor.pid)}
+            heartbeats |= {k: (p.base + hb, p.pid) for k, p in running.items()}
+            out["heartbeat"] = interleaved(wrk, heartbeats, "POST", trials, seconds, tokens_file)
             # The beacon over HTTP (the cached snapshot: SPEC's public poll) of every app.
-            apps = {k: v + "/api/availability" for k, v in targets.items() if k != "floor"}
-            out["beacon_http"] = interleaved(wrk, apps, "GET", trials, seconds, None)
+            beacons = {k: (p.base + "/api/availability", p.pid) for k, p in running.items()}
+            out["beacon_http"] = interleaved(wrk, beacons, "GET", trials, seconds, None)
             procs.stop_all()
             workers: dict[str, list[dict[str, Any]]] = {"base": [], "new": []}
             for _ in range(max(2, trials // 2)):
@@ -235,7 +244,7 @@ def cli() -> int:
         for name, h in out[what].items():
             print(
                 f"{what} {name:<14} {h['rps']:8.0f} req/s  p50 {h['p50_ms']:.2f} ms"
-                f"  p99 {h['p99_ms']:.2f} ms"
+                f"  p99 {h['p99_ms']:.2f} ms  app CPU {h['app_cpu_us']:.0f} µs/request"
             )
     hb = out["heartbeat"]
     for tree in ("base", "new"):
@@ -248,9 +257,16 @@ def cli() -> int:
                 f"{n['rps'] / b['rps']:.2f}"
                 for b, n in zip(base["trials"], new["trials"], strict=True)
             )
+            cpu_per_trial = ", ".join(
+                f"{n['app_cpu_us'] / b['app_cpu_us']:.2f}"
+                for b, n in zip(base["trials"], new["trials"], strict=True)
+            )
             print(
                 f"{what} {kind} path, new / base: {new['rps'] / base['rps']:.2f} req/s"
-                f" (per trial {per_trial}), p99 {new['p99_ms']:.2f} vs {base['p99_ms']:.2f} ms"
+                f" (per trial {per_trial}), p99 {new['p99_ms']:.2f} vs {base['p99_ms']:.2f} ms,"
+                f" app CPU per request {new['app_cpu_us'] / base['app_cpu_us']:.2f}"
+                f" ({new['app_cpu_us']:.0f} vs {base['app_cpu_us']:.0f} µs; per trial"
+                f" {cpu_per_trial})"
             )
     for key in ("find_available_valkey_ms", "beacon_from_valkey_ms"):
         b, n = out["inproc"]["base"][key], out["inproc"]["new"][key]

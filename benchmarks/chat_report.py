@@ -66,7 +66,7 @@ def markdown(out: dict[str, Any], name: str) -> str:
         "",
         f"Source tree {out['src']} at {out['revision']}, {out['cpu']}, load average"
         f" {out['load_average_start']} at start, {out['load_average_end']} at end;"
-        f" {out['trials']} trials of {out['seconds']} s per scenario, alternating;"
+        f" {out['trials']} trials of {out['seconds']} s per scenario, interleaved;"
         " medians of trials.",
         "",
         "Message send (HTTP, app A) → `message.created` on the other party's socket: on app A"
