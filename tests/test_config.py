@@ -425,6 +425,16 @@ def test_bad_valkey_sentinels_are_refused_naming_the_variable(
     refused("VALKEY_SENTINELS")
 
 
+@pytest.mark.parametrize("url", ["redis://:pw@/0", "rediss://:pw@:6379/2", "valkey:///1"])
+def test_with_sentinels_valkey_url_may_leave_out_the_host(
+    sentinel_env: pytest.MonkeyPatch, url: str
+) -> None:
+    sentinel_env.setenv("VALKEY_URL", url)
+    refused("VALKEY_URL")
+    sentinel_env.setenv("VALKEY_SENTINELS", "s1:26379")
+    assert load_settings().valkey_sentinels == (("s1", 26379),)
+
+
 @pytest.mark.parametrize("value", ["", "my master", "a/b", "x" * 65])
 def test_bad_valkey_sentinel_master_names_are_refused_naming_the_variable(
     sentinel_env: pytest.MonkeyPatch, value: str

@@ -75,3 +75,12 @@ def test_the_endpoint_is_what_the_settings_say() -> None:
     assert target.url == "rediss://:pw@ignored:6379/0"
     assert target.sentinels == (("s1", 26379), ("s2", 26379))
     assert target.sentinel_master == "cache"
+
+
+async def test_a_url_without_a_host_is_enough_with_sentinels() -> None:
+    client: Any = connect(ValkeyEndpoint("redis://:secret@/2", SENTINELS), operation_timeout=1)
+    try:
+        options = client.connection_pool.connection_kwargs
+        assert (options["password"], options["db"]) == ("secret", 2)
+    finally:
+        await client.aclose()

@@ -311,8 +311,6 @@ class Settings(DatabaseSettings):
             raise ValueError(
                 "VALKEY_URL must start with redis://, rediss://, valkey:// or valkeys://"
             )
-        if not parts.hostname:
-            raise ValueError("VALKEY_URL must name a host (redis://host:6379/0)")
         try:
             parts.port  # noqa: B018 - urlsplit validates the port lazily
         except ValueError as exc:
@@ -340,6 +338,16 @@ class Settings(DatabaseSettings):
                     f"{name} is the development default; set a real secret "
                     "(or HALOBESTIE_ENV=dev on a laptop)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _check_valkey_host(self) -> Settings:
+        """With Sentinels they name the server (SPEC §8): VALKEY_URL may leave out the host."""
+        if not self.valkey_sentinels and not urlsplit(self.valkey_url).hostname:
+            raise ValueError(
+                "VALKEY_URL must name a host (redis://host:6379/0), unless VALKEY_SENTINELS"
+                " names the Sentinels that know it"
+            )
         return self
 
     @model_validator(mode="after")
