@@ -77,11 +77,13 @@ async def test_each_user_numbers_its_events_one_to_n(
             inst.clock.now(),
             [([ana.id], "a", {}), ([ana.id, ben.id, ana.id], "b", {"k": 1})],
         )
-    assert [(r.user_id == ana.id, r.seq, r.type) for r in recorded] == [
+    # event by event; within one event, recipients in uuid order
+    assert recorded[0].type == "a" and {r.type for r in recorded[1:]} == {"b"}
+    assert {(r.user_id == ana.id, r.seq, r.type) for r in recorded} == {
         (True, 4, "a"),
         (True, 5, "b"),
         (False, 6, "b"),
-    ]
+    }
     rows = await pg.fetch("SELECT user_id, seq FROM events ORDER BY user_id, seq")
     assert [r["seq"] for r in rows if r["user_id"] == ana.id] == [1, 2, 3, 4, 5]
     assert [r["seq"] for r in rows if r["user_id"] == ben.id] == [1, 2, 3, 4, 5, 6]

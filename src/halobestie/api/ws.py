@@ -98,6 +98,9 @@ class Outbox:
         self.end_reason = ""
         self.end_code = POLICY_VIOLATION
         self.stream: Sequencer | None = None
+        # Live-only frames (admin.counts, typing) that arrive between the attachment to
+        # the bus and `ready`: sent right after it, so `ready` stays the first frame.
+        self._early: list[str] | None = []
 
     def end(self, reason: str, code: int = POLICY_VIOLATION) -> None:
         """Close this socket with `code` (1008: its login was ended) and `reason`."""
@@ -133,7 +136,16 @@ class Outbox:
             self.stream.catch_up(last_seq)
 
     async def send_text(self, data: str) -> None:
-        self.put(data)
+        if self._early is None:
+            self.put(data)
+        elif len(self._early) < OUTBOX_SIZE // 2:  # more is a storm: drop
+            self._early.append(data)
+
+    def opened(self, *frames: str) -> None:
+        """`ready` (and what must follow it at once), then the frames held meanwhile."""
+        early, self._early = self._early or [], None
+        for frame in (*frames, *early):
+            self.put(frame)
 
     def put(self, data: str) -> None:
         try:
@@ -256,13 +268,14 @@ async def _open_stream(
         where = None
     last_seq = None if where is None else where.last_seq
     ready = {"user_id": str(principal.user_id), "role": principal.role, "last_seq": last_seq}
-    outbox.put(event("ready", ready))
     if where is None or since is None:
+        outbox.opened(event("ready", ready))
         stream.start(last_seq)  # live only
     elif not where.retained:
-        outbox.put(resync_frame(where.last_seq))
+        outbox.opened(event("ready", ready), resync_frame(where.last_seq))
         stream.start(where.last_seq)
     else:
+        outbox.opened(event("ready", ready))
         stream.start(since, target=where.last_seq)  # replay (since, last_seq], then live
     return True
 
