@@ -4,8 +4,9 @@ a `ValkeyEndpoint`, so the mirror, the auto-pipeline and the event bus all follo
 failover the same way.
 
 With Sentinels, each new connection first asks a Sentinel where the primary is (one
-round trip, `SENTINEL MASTERS`, to the first Sentinel that answers; only on connect,
-pooled connections are reused), then connects there. During a failover the Sentinels
+round trip, `SENTINEL MASTERS`, to the first Sentinel that answers), then connects there;
+every pool also asks once a second in the background, to leave a primary that was
+switched over while still alive (`_FollowingPool`). During a failover the Sentinels
 name the dead primary until they agree it is down, then none (valkey-py raises
 MasterNotFoundError, a ConnectionError), then the promoted replica: to the engine, the
 same outage and comeback as a restarted Valkey, and the new server's `run_id` makes the
