@@ -8,9 +8,12 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from dataclasses import dataclass
+from pathlib import Path
 from uuid import UUID
 
 import asyncpg
+import httpx
 from websockets.asyncio.client import connect
 
 from halobestie.aftercommit import run_after_commit
@@ -21,8 +24,9 @@ from halobestie.events.bus import bus
 from tests.chat.helpers import make_active_session, send
 from tests.conftest import Instance, Servers, eventually
 from tests.events.live import Live, LiveFactory, next_event, nothing_pending
-from tests.factories import make_user
+from tests.factories import Person, make_user
 from tests.failures.helpers import valkey_proxy_fixture, valkey_url_via
+from tests.multi.processes import serve_process
 from tests.support.proxy import FaultProxy
 
 __all__ = ["valkey_proxy_fixture"]
@@ -40,6 +44,67 @@ async def last_seq(pg: asyncpg.Connection, user_id: UUID) -> int:
     )
 
 
+@dataclass
+class Door:
+    """One instance as a client sees it: its HTTP client and its socket address."""
+
+    client: httpx.AsyncClient
+    ws_base: str
+
+
+async def drop_and_reopen(
+    doors: tuple[Door, Door], pg: asyncpg.Connection, customer: Person, mitra: Person, sid: UUID
+) -> None:
+    """The customer sends through one instance and the mitra through the other (the
+    customer's message.created events are committed and delivered by both), while the
+    customer's client reads a few frames on one instance, kills its socket, and reopens
+    it on the other with `since` = the last seq it saw. It must see exactly 1..n."""
+    a, b = doors
+
+    async def talk(door: Door, person: Person) -> None:
+        who = person.user.role
+        for n in range(PER_PARTY):
+            r = await send(door.client, person, sid, f"{who} {n}", f"{who}-{n}")
+            assert r.status_code == 201, r.text
+            await asyncio.sleep(random.uniform(0, 0.01))
+
+    producers = asyncio.gather(talk(a, customer), talk(b, mitra))
+    received: list[int] = []
+    rng = random.Random(11)
+    reconnects = 0
+    try:
+        while True:
+            done = producers.done()
+            target = await last_seq(pg, customer.id) if done else None
+            if target is not None and received and received[-1] == target:
+                break
+            since = received[-1] if received else 0
+            url = f"{doors[reconnects % 2].ws_base}?token={customer.token}&since={since}"
+            ws = await connect(url, open_timeout=10)
+            reconnects += 1
+            try:
+                ready = await next_event(ws)
+                assert ready["type"] == "ready", ready
+                for _ in range(rng.randint(1, 12)):
+                    try:
+                        frame = json.loads(await asyncio.wait_for(ws.recv(), 0.5))
+                    except TimeoutError:
+                        break
+                    assert "seq" in frame, frame
+                    received.append(frame["seq"])
+            finally:
+                # Killed, not closed: the TCP connection drops without a close frame.
+                assert ws.transport is not None
+                ws.transport.abort()
+            assert reconnects < 2000, "the stream never caught up"
+    finally:
+        await producers
+    n = await last_seq(pg, customer.id)
+    assert n == 2 + 2 * PER_PARTY  # session.updated twice (pending, active), messages
+    assert received == list(range(1, n + 1))
+    assert reconnects >= 10
+
+
 async def test_a_client_dropping_its_socket_on_two_instances_receives_exactly_1_to_n(
     live_app: LiveFactory, pg: asyncpg.Connection
 ) -> None:
@@ -47,54 +112,35 @@ async def test_a_client_dropping_its_socket_on_two_instances_receives_exactly_1_
     async with live_app(clock=clock) as a, live_app(clock=clock) as b:
         await subscribed(a, b)
         customer, mitra = await make_user(a.ctx, "customer"), await make_user(a.ctx, "mitra")
-        inst = Instance(a.app, a.client, a.ctx, clock)
-        sid = await make_active_session(inst, customer, mitra)
+        sid = await make_active_session(Instance(a.app, a.client, a.ctx, clock), customer, mitra)
+        doors = (Door(a.client, a.ws_url(None)), Door(b.client, b.ws_url(None)))
+        await drop_and_reopen(doors, pg, customer, mitra, sid)
 
-        async def talk(live: Live, who: str) -> None:
-            person = customer if who == "customer" else mitra
-            for n in range(PER_PARTY):
-                r = await send(live.client, person, sid, f"{who} {n}", f"{who}-{n}")
-                assert r.status_code == 201, r.text
-                await asyncio.sleep(random.uniform(0, 0.01))
 
-        # The customer sends through A, the mitra through B: the customer's
-        # message.created events are committed and delivered by both instances.
-        producers = asyncio.gather(talk(a, "customer"), talk(b, "mitra"))
-        received: list[int] = []
-        rng = random.Random(11)
-        reconnects = 0
-        try:
-            while True:
-                done = producers.done()
-                target = await last_seq(pg, customer.id) if done else None
-                if target is not None and received and received[-1] == target:
-                    break
-                live = (a, b)[reconnects % 2]
-                since = received[-1] if received else 0
-                url = f"{live.ws_url(customer.token)}&since={since}"
-                ws = await connect(url, open_timeout=10)
-                reconnects += 1
-                try:
-                    ready = await next_event(ws)
-                    assert ready["type"] == "ready", ready
-                    for _ in range(rng.randint(1, 12)):
-                        try:
-                            frame = json.loads(await asyncio.wait_for(ws.recv(), 0.5))
-                        except TimeoutError:
-                            break
-                        assert "seq" in frame, frame
-                        received.append(frame["seq"])
-                finally:
-                    # Killed, not closed: the TCP connection drops without a close frame.
-                    assert ws.transport is not None
-                    ws.transport.abort()
-                assert reconnects < 2000, "the stream never caught up"
-        finally:
-            await producers
-        n = await last_seq(pg, customer.id)
-        assert n == 2 + 2 * PER_PARTY  # session.updated twice (pending, active), messages
-        assert received == list(range(1, n + 1))
-        assert reconnects >= 10
+async def test_the_same_with_two_serve_processes(
+    inst: Instance, clean: Servers, pg: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Two `halobestie serve` processes (each its own event loop, bus and subscriber)."""
+    customer, mitra = await make_user(inst.ctx, "customer"), await make_user(inst.ctx, "mitra")
+    sid = await make_active_session(inst, customer, mitra)
+    async with (
+        serve_process(clean, tmp_path, "a") as a,
+        serve_process(clean, tmp_path, "b") as b,
+    ):
+        await a.wait_serving()
+        await b.wait_serving()
+        async with (
+            httpx.AsyncClient(base_url=a.url, timeout=10) as on_a,
+            httpx.AsyncClient(base_url=b.url, timeout=10) as on_b,
+        ):
+            # Let both subscribers subscribe (an instance not yet subscribed would still
+            # deliver, from Postgres: its catch-up polls every second until it is).
+            await asyncio.sleep(0.5)
+            doors = (
+                Door(on_a, f"ws://127.0.0.1:{a.port}/ws"),
+                Door(on_b, f"ws://127.0.0.1:{b.port}/ws"),
+            )
+            await drop_and_reopen(doors, pg, customer, mitra, sid)
 
 
 async def commit_on(ctx: Context, user_id: UUID, n: int) -> None:
