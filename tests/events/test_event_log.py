@@ -5,6 +5,7 @@ Postgres, `resync_required` / 410 past retention, the REST stream and its 422s."
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 from uuid import UUID
 
@@ -20,11 +21,13 @@ from halobestie.events.announce import Announce, announce, record_effects
 from halobestie.events.bus import bus
 from halobestie.events.log import record
 from halobestie.events.retention import run_event_retention
+from halobestie.timers import run_due_timers
 from tests.chat.helpers import make_active_session, send
 from tests.conftest import Instance, Servers
 from tests.events.live import Live, LiveFactory, next_event, nothing_pending, open_socket
 from tests.factories import make_user
 from tests.failures.helpers import postgres_proxy_fixture, postgres_url_via
+from tests.sessions.helpers import make_pending_session
 from tests.support.proxy import FaultProxy
 
 __all__ = ["postgres_proxy_fixture"]
@@ -145,6 +148,25 @@ async def test_a_real_change_records_its_events_with_its_seq_on_the_socket(
             )
             # session.updated twice (pending, active) came first
             assert frame["seq"] == 3 and list(frame) == ["type", "seq", "data"]
+
+
+async def test_a_timer_records_its_events_in_the_firing_transaction(
+    inst: Instance, pg: asyncpg.Connection
+) -> None:
+    """The payment timeout cancels the session: session.updated recorded for both parties
+    by the runtime's `recording` wrapper (not only delivered)."""
+    customer, mitra = await make_user(inst.ctx, "customer"), await make_user(inst.ctx, "mitra")
+    sid = await make_pending_session(inst, customer, mitra)
+    timeout = inst.ctx.settings.payment_timeout_seconds
+    assert await run_due_timers(inst.ctx, inst.clock.advance(timeout)) == 1
+    rows = await pg.fetch(
+        "SELECT user_id, seq, data FROM events WHERE type = 'session.updated' ORDER BY seq"
+    )
+    last = {r["user_id"]: (r["seq"], json.loads(r["data"])) for r in rows}
+    assert set(last) == {customer.id, mitra.id}
+    for seq, data in last.values():
+        assert seq == 2 and data["session"]["id"] == str(sid)
+        assert data["session"]["status"] == "cancelled"
 
 
 # -- the socket: since, holes, catch-up --------------------------------------------------
