@@ -387,24 +387,26 @@ class EventBus:
         """One query for the last seq of every user with a socket here; each socket
         behind its user's log reads the rest from Postgres (events/stream.py). Heals
         what pub/sub lost (Valkey down, a PUBLISH that failed): delivery at least once
-        from here, exactly once on the socket (deduped by seq). Returns how many users
-        were behind. Raises ServiceUnavailable when Postgres is."""
+        from here, exactly once on the socket (deduped by seq). Returns how many of
+        those users have events (each socket itself reads only what it lacks). Raises
+        ServiceUnavailable when Postgres is."""
         if self._db is None:
             return 0
-        users = [u for u, sockets in self._sockets.items() if any(
-            isinstance(s, Sequenced) for s in sockets)]  # fmt: skip
+        users = [
+            UUID(user)
+            for user, sockets in self._sockets.items()
+            if any(isinstance(s, Sequenced) for s in sockets)
+        ]
         if not users:
             return 0
         async with self._db.connection() as conn:
-            last = await last_seqs(conn, [UUID(u) for u in users])
-        behind = 0
+            last = await last_seqs(conn, users)
         for user_id, seq in last.items():
             for socket in list(self._sockets.get(str(user_id), ())):
                 if isinstance(socket, Sequenced):
                     socket.catch_up(seq)
-            behind += 1
         self.catch_ups += 1
-        return behind
+        return len(last)
 
     def _on_end(self, envelope: dict[str, Any]) -> None:
         """Another instance's logout or deactivation: end this instance's sockets of it."""
