@@ -1,14 +1,19 @@
-"""The event bus: `publish(user_ids, type, data)` reaches those users' WebSockets on
-whichever instance they are connected to.
+"""The event bus: hands events to the users' WebSockets on whichever instance they are
+connected to.
 
-Delivery: the publishing instance hands the event to its own sockets directly, then
-PUBLISHes it on one Valkey channel with its instance id; every other instance's
-subscriber delivers it to its sockets (and skips its own messages). So a Valkey outage
-degrades delivery to "same instance only" instead of nothing; events are hints, and a
-client that missed one fetches the state over REST.
+Recorded events (SPEC §6: numbered per user, stored in Postgres in the transaction of their
+change, events/log.py) arrive after commit through `deliver_frames`: the recording instance
+offers each frame to its own sockets, then PUBLISHes the batch on one Valkey channel with
+its instance id; every other instance's subscriber offers them to its sockets (and skips
+its own messages). Each socket orders and dedupes by `seq` and reads any hole from Postgres
+(events/stream.py). Pub/sub is at most once, so the bus also *catches up* from Postgres:
+one query for the last seq of every user with a socket here, at once when the subscriber
+subscribes again, every second while it is unsubscribed, and every CATCH_UP_SECONDS as a
+safety net. A Valkey outage therefore delays cross-instance events; it loses none. Live-only
+frames (`typing`) go through `publish`: best effort, never recorded, no `seq`.
 
 Events are their own failure domain (`valkey/breaker.py`): PUBLISH goes through a client
-and a breaker of the bus's own, so a failed PUBLISH costs events (counted in
+and a breaker of the bus's own, so a failed PUBLISH costs delay (counted in
 `halobestie_event_bus_errors_total`), never the availability mirror's trust, and a mirror
 failure never stops events. The subscriber holds one pub/sub connection of its own (never
 one of the mirror's pooled connections). It notices a dead server either by the
@@ -26,7 +31,7 @@ import random
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 from uuid import UUID
 
 from ..context import Context, Slot
@@ -40,6 +45,7 @@ from ..valkey.keys import Keys
 from ..valkey.topology import ValkeyEndpoint
 from ..valkey.topology import endpoint as valkey_endpoint
 from .log import last_seqs
+from .sockets import Endable, Sequenced, Socket
 
 log = get_logger(__name__)
 
@@ -52,36 +58,6 @@ BACKOFF_MAX = 2.0
 # The safety net under pub/sub: how often each instance checks in Postgres (one query)
 # whether its sockets' users got events it never heard of.
 CATCH_UP_SECONDS = 5.0
-
-
-class Socket(Protocol):
-    async def send_text(self, data: str) -> None: ...
-
-
-@runtime_checkable
-class Endable(Protocol):
-    """A socket that belongs to one login (auth session) and can be ended: `end(reason)`
-    makes its connection close with 1008 and that reason, soon after, never blocking."""
-
-    login: UUID | None
-
-    async def send_text(self, data: str) -> None: ...
-
-    def end(self, reason: str) -> None: ...
-
-
-@runtime_checkable
-class Sequenced(Protocol):
-    """A socket that receives recorded events by their `seq` (events/stream.py): `offer`
-    never blocks (it may raise when the socket fell too far behind); `catch_up(last_seq)`
-    says the user's log reached `last_seq`, so the socket reads what it lacks from
-    Postgres."""
-
-    async def send_text(self, data: str) -> None: ...
-
-    def offer(self, seq: int, text: str) -> None: ...
-
-    def catch_up(self, last_seq: int) -> None: ...
 
 
 class SubscriberLost(Exception):
