@@ -7,23 +7,20 @@ fails at startup with pydantic's message, which names the variable.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Annotated
 from urllib.parse import urlsplit
 
 from pydantic import (
-    AfterValidator,
-    BeforeValidator,
     Field,
     NonNegativeInt,
-    PositiveFloat,
     PositiveInt,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from . import pghosts
+from .settings_types import Origins, Seconds, SentinelAddresses, WarningSeconds, hash_tag
 
 # Secrets that are fine on a laptop and fatal anywhere else.
 DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789abcdef"  # noqa: S105
@@ -35,124 +32,6 @@ DEV_CORS_ALLOWED_ORIGINS = ",".join(
     for port in (3000, 5173, 4200, 8080)
     for host in ("localhost", "127.0.0.1")
 )
-
-# Finite: "inf" would pass as positive, then overflow a socket timeout at runtime.
-Seconds = Annotated[PositiveFloat, Field(allow_inf_nan=False)]
-# The longest SESSION_WARNING_SECONDS offset: a day (a bigger one is a unit mistake).
-MAX_WARNING_SECONDS = 86_400
-
-
-def parse_warning_seconds(value: object) -> object:
-    """SESSION_WARNING_SECONDS as text: "300,60" -> [300, 60]; "" -> [] (no warnings).
-    Each a whole number of seconds, 1 to MAX_WARNING_SECONDS."""
-    if not isinstance(value, str):
-        return value  # a tuple or list from code: checked by the field's type
-    items = [item.strip() for item in value.split(",")] if value.strip() else []
-    if not all(item.isascii() and item.isdigit() for item in items) or not all(
-        1 <= int(item) <= MAX_WARNING_SECONDS for item in items
-    ):
-        raise ValueError(
-            "must be a comma-separated list of whole seconds, each 1 to"
-            f" {MAX_WARNING_SECONDS} (e.g. 300,60), or empty for none; got {value!r}"
-        )
-    return [int(item) for item in items]
-
-
-def largest_first(offsets: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(sorted(set(offsets), reverse=True))
-
-
-# NoDecode: the environment's "300,60" reaches the parser as text, not as JSON. Kept
-# largest first, without duplicates (sessions/warnings.py relies on it).
-WarningSeconds = Annotated[
-    tuple[Annotated[int, Field(ge=1, le=MAX_WARNING_SECONDS)], ...],
-    NoDecode,
-    BeforeValidator(parse_warning_seconds),
-    AfterValidator(largest_first),
-]
-
-
-def parse_origins(value: object) -> object:
-    """CORS_ALLOWED_ORIGINS as text: "https://app.example.com,http://localhost:3000" ->
-    the origins as a browser sends them (scheme and host lower-cased, no default port);
-    "" -> [] (no cross-origin caller). Each exactly scheme://host[:port], http or https:
-    no path, no wildcard (a browser's Origin header is compared for equality)."""
-    if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
-        value = ",".join(value)  # from code: checked like the environment's text
-    if not isinstance(value, str):
-        return value  # refused by the field's type
-    items = [item.strip() for item in value.split(",")] if value.strip() else []
-    origins = []
-    for item in items:
-        parts = urlsplit(item)
-        try:
-            port = parts.port
-        except ValueError:
-            port = -1
-        if (
-            parts.scheme.lower() not in ("http", "https")
-            or not parts.hostname
-            or "*" in item
-            or parts.username is not None
-            or port == -1
-            or item.rstrip("/").lower() != f"{parts.scheme}://{parts.netloc}".lower()
-            or parts.query
-            or parts.fragment
-        ):
-            raise ValueError(
-                "must be a comma-separated list of origins, each scheme://host[:port] with"
-                " http or https and nothing after it (e.g. https://app.example.com), or empty"
-                f" for none; got {item!r}"
-            )
-        scheme = parts.scheme.lower()
-        default = {"http": 80, "https": 443}[scheme]
-        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-        origins.append(f"{scheme}://{host}" + (f":{port}" if port not in (None, default) else ""))
-    return list(dict.fromkeys(origins))
-
-
-# NoDecode: the environment's "a,b" reaches the parser as text, not as JSON.
-Origins = Annotated[tuple[str, ...], NoDecode, BeforeValidator(parse_origins)]
-
-
-def parse_sentinels(value: object) -> object:
-    """VALKEY_SENTINELS as text: "s1:26379,s2:26379" -> [("s1", 26379), ("s2", 26379)];
-    "" -> [] (no Sentinels). IPv6 hosts in brackets: "[::1]:26379"."""
-    if not isinstance(value, str):
-        return value  # a tuple or list from code: checked by the field's type
-    addresses: list[tuple[str, int]] = []
-    for item in (i.strip() for i in value.split(",")) if value.strip() else ():
-        host, _, port = item.rpartition(":")
-        bracketed = host.startswith("[") and host.endswith("]")
-        host = host[1:-1] if bracketed else host
-        if (
-            not host
-            or any(c.isspace() or c in "/@[]" or (c == ":" and not bracketed) for c in host)
-            or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535)
-        ):
-            raise ValueError(
-                "must be a comma-separated list of host:port (e.g."
-                f" sentinel-1:26379,sentinel-2:26379), or empty for none; got {item!r}"
-            )
-        addresses.append((host, int(port)))
-    return addresses
-
-
-# NoDecode: the environment's "h:p,h:p" reaches the parser as text, not as JSON.
-SentinelAddresses = Annotated[
-    tuple[tuple[str, Annotated[int, Field(ge=1, le=65535)]], ...],
-    NoDecode,
-    BeforeValidator(parse_sentinels),
-]
-
-
-def hash_tag(prefix: str) -> str | None:
-    """The hash tag a key starting with `prefix` hashes on (Valkey Cluster: the text
-    between the first `{` and the next `}`, when not empty), or None when the prefix
-    does not fix one (then each key hashes whole, and keys spread over slots)."""
-    start = prefix.find("{")
-    end = prefix.find("}", start + 1) if start >= 0 else -1
-    return prefix[start + 1 : end] if end > start + 1 else None
 
 
 class DatabaseSettings(BaseSettings):

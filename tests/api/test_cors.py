@@ -8,7 +8,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from halobestie.config import DEV_CORS_ALLOWED_ORIGINS, Settings, describe_error, parse_origins
+from halobestie.config import DEV_CORS_ALLOWED_ORIGINS, Settings, describe_error
+from halobestie.settings_types import parse_origins
 from tests.conftest import settings_for
 from tests.events.live import LiveFactory, live_app_fixture
 from tests.factories import make_user

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 import pytest
 
 from halobestie.availability.sweeps import run_auto_offline, run_heartbeat_writeback
-from halobestie.config import hash_tag
 from halobestie.events.bus import bus
+from halobestie.settings_types import hash_tag
 from halobestie.valkey.client import VALKEY_FAILURES
 from tests.conftest import eventually, settings_for
 from tests.events.live import Live, LiveFactory, live_app_fixture, next_event_of

@@ -1,6 +1,6 @@
 """CORS: the browser front ends on other origins that may call the API.
 
-`CORS_ALLOWED_ORIGINS` lists them, exactly (config.parse_origins); none by default, so a
+`CORS_ALLOWED_ORIGINS` lists them, exactly (settings_types.parse_origins); none by default, so a
 production instance answers no cross-origin browser until its front ends are named, and
 `halobestie dev` allows the local front-end dev servers (config.DEV_CORS_ALLOWED_ORIGINS).
 `Cors` (Starlette's CORSMiddleware, which answers the preflights, with a leaner path for
