@@ -117,10 +117,14 @@ async def serve_process(
 
 
 async def pending_sessions_with_payment_timeouts(
-    pg: asyncpg.Connection, count: int, due_at: datetime
+    pg: asyncpg.Connection,
+    count: int,
+    due_at: datetime,
+    spacing: timedelta = timedelta(milliseconds=10),
 ) -> list[UUID]:
     """`count` unpaid sessions (one customer, one mitra per session) and their payment
-    timeouts, each created in one transaction as the product does."""
+    timeouts, due one every `spacing` from `due_at`, all created in one transaction as
+    the product does."""
     ids: list[UUID] = []
     async with pg.transaction():
         customer = await pg.fetchval(
@@ -140,10 +144,8 @@ async def pending_sessions_with_payment_timeouts(
                 customer,
                 mitra,
             )
-            # Spread over a short window, as real traffic would be.
-            await schedule_timer(
-                pg, "payment_timeout", session, due_at + timedelta(milliseconds=10 * n)
-            )
+            # Spread over a window (short by default), as real traffic would be.
+            await schedule_timer(pg, "payment_timeout", session, due_at + n * spacing)
             ids.append(session)
     return ids
 

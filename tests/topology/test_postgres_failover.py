@@ -28,10 +28,15 @@ import httpx
 import pytest
 
 from halobestie.migrate import run_migrations
-from halobestie.timers import schedule_timer
 from tests.chaos.load import PASSWORD, User, make_users
 from tests.conftest import Servers, eventually
-from tests.multi.processes import ServeProcess, cancellations, serve_process, timer_rows
+from tests.multi.processes import (
+    ServeProcess,
+    cancellations,
+    pending_sessions_with_payment_timeouts,
+    serve_process,
+    timer_rows,
+)
 from tests.topology.pgpair import PgPair, pg_pair
 
 pytestmark = [pytest.mark.topology, pytest.mark.timeout(180)]
@@ -159,33 +164,6 @@ async def login(http: httpx.AsyncClient, base: str, user: User) -> None:
     raise AssertionError(f"{user.email} could not log in")
 
 
-async def payment_timeouts(pg: asyncpg.Connection, count: int, first_due: datetime) -> list[UUID]:
-    """`count` unpaid sessions, each with its payment timeout, one every TIMER_SPACING
-    from `first_due`, each created in one transaction as the product does."""
-    ids: list[UUID] = []
-    async with pg.transaction():
-        customer = await pg.fetchval(
-            "INSERT INTO users (email, password_hash, display_name, role)"
-            " VALUES ('failover-customer@example.com', 'x', 'C', 'customer') RETURNING id"
-        )
-        for n in range(count):
-            mitra = await pg.fetchval(
-                "INSERT INTO users (email, password_hash, display_name, role)"
-                " VALUES ($1, 'x', 'M', 'mitra') RETURNING id",
-                f"failover-timer-mitra-{n}@example.com",
-            )
-            await pg.execute("INSERT INTO mitras (id) VALUES ($1)", mitra)
-            session = await pg.fetchval(
-                "INSERT INTO chat_sessions (customer_id, mitra_id, status, duration_minutes)"
-                " VALUES ($1, $2, 'pending_payment', 30) RETURNING id",
-                customer,
-                mitra,
-            )
-            await schedule_timer(pg, "payment_timeout", session, first_due + n * TIMER_SPACING)
-            ids.append(session)
-    return ids
-
-
 def writes_ok_on_both(load: Load, since: float) -> bool:
     ok = {c.instance for c in load.calls if c.op == "write" and c.start > since and c.status == 200}
     return ok == set(load.instances)
@@ -282,7 +260,9 @@ async def test_promoting_the_standby_under_load_costs_only_retryable_503s_on_wri
             pg = await asyncpg.connect(pair.primary.url())
             try:
                 first_due = datetime.now(UTC) + timedelta(seconds=0.5)
-                sessions = await payment_timeouts(pg, TIMERS, first_due)
+                sessions = await pending_sessions_with_payment_timeouts(
+                    pg, TIMERS, first_due, TIMER_SPACING
+                )
             finally:
                 await pg.close()
 
