@@ -18,7 +18,7 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import asyncpg
 
@@ -75,6 +75,29 @@ BOUND_REACHED: tuple[type[Exception], ...] = (
     asyncpg.QueryCanceledError,
     *CONFLICT_ABORTED,
 )
+
+
+class RowModel:
+    """Base of the frozen dataclasses a feature makes from its table's rows (issue 10's
+    typed rows): the fields are exactly the columns its statement selects (the owning
+    module's `*_COLUMNS`), so `from_row` is `cls(**row)` and a column added to one but
+    not the other is a TypeError at the first read, not a silent `Any`."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> Self:
+        """From a record holding exactly the fields (TypeError otherwise)."""
+        return cls(**row)
+
+    @classmethod
+    def from_written(cls, row: asyncpg.Record | None) -> Self:
+        """From what an INSERT ... RETURNING, or an UPDATE ... RETURNING of a row the
+        transaction holds locked, returned: the row is there (None would be a bug in the
+        caller, raised as RuntimeError)."""
+        if row is None:
+            raise RuntimeError(f"a write of a new or locked {cls.__name__} returned no row")
+        return cls.from_row(row)
 
 
 @dataclass(frozen=True)

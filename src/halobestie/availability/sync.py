@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-import asyncpg
-
 from ..aftercommit import AfterCommit
 from ..clock import iso
 from ..concepts import open_session
 from ..context import Context
+from ..db import RowModel
 from ..logs import get_logger
 from . import locks
 from .ranked import epoch_ms
@@ -40,7 +39,7 @@ WHERE m.id = ANY($1::uuid[])
 
 
 @dataclass(frozen=True, slots=True)
-class MitraState:
+class MitraState(RowModel):
     """A mitra's committed state as the mirror holds it (a row of STATE_SQL): UTC times,
     None for never; `open_sessions` counted from `chat_sessions`."""
 
@@ -50,10 +49,6 @@ class MitraState:
     last_heartbeat_at: datetime | None
     last_active_at: datetime | None
     open_sessions: int
-
-    @classmethod
-    def from_row(cls, row: asyncpg.Record) -> MitraState:
-        return cls(**row)
 
 
 async def sync_mitras(ctx: Context, mitra_ids: Sequence[UUID]) -> bool:

@@ -13,9 +13,8 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-import asyncpg
-
 from ..clock import iso
+from ..db import RowModel
 
 RequestStatus = Literal["searching", "matched", "expired", "cancelled"]
 
@@ -28,7 +27,7 @@ REQUEST_COLUMNS = (
 
 
 @dataclass(frozen=True, slots=True)
-class PairingRequest:
+class PairingRequest(RowModel):
     """One row of `pairing_requests` (REQUEST_COLUMNS). Times are UTC; `session_id` is
     set once matched, `rerouted_from` when a reroute opened it, `closed_at` once it is
     no longer searching."""
@@ -43,20 +42,6 @@ class PairingRequest:
     expires_at: datetime
     created_at: datetime
     closed_at: datetime | None
-
-    @classmethod
-    def from_row(cls, row: asyncpg.Record) -> PairingRequest:
-        """From a record holding REQUEST_COLUMNS (TypeError if it holds other columns)."""
-        return cls(**row)
-
-    @classmethod
-    def from_written(cls, row: asyncpg.Record | None) -> PairingRequest:
-        """From what an INSERT ... RETURNING, or an UPDATE ... RETURNING of a request this
-        transaction holds locked, returned: the row is there (None would be a bug in the
-        caller, raised as RuntimeError)."""
-        if row is None:
-            raise RuntimeError("a write of a new or locked pairing request returned no row")
-        return cls.from_row(row)
 
     def offer(self) -> Offer:
         """What its offered mitras are told (`pairing.offer`, `GET /api/pairing/offers`)."""
@@ -95,18 +80,13 @@ OFFER_COLUMNS = "r.id AS request_id, r.duration_minutes, r.expires_at"
 
 
 @dataclass(frozen=True, slots=True)
-class Offer:
+class Offer(RowModel):
     """A request as a mitra it was offered to sees it: until `expires_at` (UTC), the
     first of them to accept it gets a session of `duration_minutes`."""
 
     request_id: UUID
     duration_minutes: int
     expires_at: datetime
-
-    @classmethod
-    def from_row(cls, row: asyncpg.Record) -> Offer:
-        """From a record holding OFFER_COLUMNS."""
-        return cls(**row)
 
     def public(self) -> dict[str, Any]:
         """The `pairing.offer` event's data and an `{offers: [...]}` item (SPEC §4, §6)."""

@@ -12,10 +12,9 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-import asyncpg
-
 from ..clock import iso
 from ..concepts import SessionStatus
+from ..db import RowModel
 
 # Who moved a session: a party, an admin, a timer (`system`) or the payment webhook.
 ActorRole = Literal["customer", "mitra", "admin", "system", "payment"]
@@ -29,7 +28,7 @@ SESSION_COLUMNS = (
 
 
 @dataclass(frozen=True, slots=True)
-class ChatSession:
+class ChatSession(RowModel):
     """One row of `chat_sessions` (SESSION_COLUMNS). Times are UTC; `started_at` and
     `ends_at` are None until paid, `closed_at` while open; the three seqs are 0 before
     the first message or read."""
@@ -47,20 +46,6 @@ class ChatSession:
     last_message_seq: int
     customer_read_seq: int
     mitra_read_seq: int
-
-    @classmethod
-    def from_row(cls, row: asyncpg.Record) -> ChatSession:
-        """From a record holding SESSION_COLUMNS (TypeError if it holds other columns)."""
-        return cls(**row)
-
-    @classmethod
-    def from_written(cls, row: asyncpg.Record | None) -> ChatSession:
-        """From what an INSERT ... RETURNING, or an UPDATE ... RETURNING of a session this
-        transaction holds locked, returned: the row is there (None would be a bug in the
-        caller, raised as RuntimeError)."""
-        if row is None:
-            raise RuntimeError("a write of a new or locked chat session returned no row")
-        return cls.from_row(row)
 
     def public(self, now: datetime) -> dict[str, Any]:
         """The `{session: ...}` payload (SPEC §4, §5, §7): ids and times as strings
@@ -91,7 +76,7 @@ STATUS_CHANGE_COLUMNS = "id, from_status, to_status, actor_id, actor_role, reaso
 
 
 @dataclass(frozen=True, slots=True)
-class StatusChange:
+class StatusChange(RowModel):
     """One row of a session's history (`chat_session_events`): `from_status` is None for
     the first; `active -> active` records an extension."""
 
@@ -102,11 +87,6 @@ class StatusChange:
     actor_role: ActorRole
     reason: str
     at: datetime
-
-    @classmethod
-    def from_row(cls, row: asyncpg.Record) -> StatusChange:
-        """From a record holding STATUS_CHANGE_COLUMNS."""
-        return cls(**row)
 
     def public(self) -> dict[str, Any]:
         """The `{events: [...]}` item (SPEC §4): `from`, `to`, `actor_id`, `actor_role`,
