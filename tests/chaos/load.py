@@ -100,6 +100,25 @@ async def make_users(
     )
 
 
+async def log_in(http: httpx.AsyncClient, base: str, user: User) -> None:
+    """Log `user` in at the app at `base` and keep its access token; argon2 on a loaded
+    2-core machine is slow, so the wait is generous and a timeout is retried."""
+    for _ in range(10):
+        try:
+            r = await http.post(
+                base + "/api/auth/login",
+                json={"email": user.email, "password": PASSWORD},
+                timeout=30,
+            )
+        except httpx.TimeoutException:
+            continue
+        if r.status_code == 200:
+            user.token = r.json()["access_token"]
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{user.role} {user.email} could not log in")
+
+
 class Load:
     def __init__(self, cluster: Cluster, http: httpx.AsyncClient, *, seed: int) -> None:
         self.cluster = cluster
@@ -139,20 +158,8 @@ class Load:
         gate = asyncio.Semaphore(3)
 
         async def login(user: User) -> None:
-            body = {"email": user.email, "password": PASSWORD}
             async with gate:
-                for _ in range(10):
-                    try:
-                        r = await self.http.post(
-                            self.cluster.url("a") + "/api/auth/login", json=body, timeout=30
-                        )
-                    except httpx.TimeoutException:
-                        continue
-                    if r.status_code == 200:
-                        user.token = r.json()["access_token"]
-                        return
-                    await asyncio.sleep(0.2)
-            raise AssertionError(f"{user.role} {user.id} could not log in")
+                await log_in(self.http, self.cluster.url("a"), user)
 
         await asyncio.gather(*(login(u) for u in users))
 

@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from halobestie.migrate import run_migrations
-from tests.chaos.load import PASSWORD, User, make_users
+from tests.chaos.load import User, log_in, make_users
 from tests.conftest import Servers, eventually
 from tests.multi.processes import (
     ServeProcess,
@@ -147,23 +147,6 @@ class Load:
         )
 
 
-async def login(http: httpx.AsyncClient, base: str, user: User) -> None:
-    for _ in range(10):  # argon2 on a loaded 2-core machine: generous and retried
-        try:
-            r = await http.post(
-                base + "/api/auth/login",
-                json={"email": user.email, "password": PASSWORD},
-                timeout=30,
-            )
-        except httpx.TimeoutException:
-            continue
-        if r.status_code == 200:
-            user.token = r.json()["access_token"]
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{user.email} could not log in")
-
-
 def writes_ok_on_both(load: Load, since: float) -> bool:
     ok = {c.instance for c in load.calls if c.op == "write" and c.start > since and c.status == 200}
     return ok == set(load.instances)
@@ -253,7 +236,7 @@ async def test_promoting_the_standby_under_load_costs_only_retryable_503s_on_wri
         ):
             await asyncio.gather(a.wait_serving(), b.wait_serving())
             for user in mitras:
-                await login(http, a.url, user)
+                await log_in(http, a.url, user)
             for mitra in heartbeaters:
                 r = await http.post(a.url + "/api/mitra/status/online", headers=mitra.headers)
                 assert r.status_code == 200, r.text
