@@ -131,6 +131,18 @@ def test_a_bad_refresh_reuse_leeway_is_refused(env: pytest.MonkeyPatch, value: s
     refused("REFRESH_REUSE_LEEWAY_SECONDS")
 
 
+@pytest.mark.parametrize("value", ["ten", "", "-1", "nan", "inf", "86401"])
+def test_a_bad_database_startup_wait_is_refused(env: pytest.MonkeyPatch, value: str) -> None:
+    env.setenv("DATABASE_STARTUP_WAIT_SECONDS", value)
+    refused("DATABASE_STARTUP_WAIT_SECONDS")
+
+
+def test_a_zero_database_startup_wait_means_do_not_wait(env: pytest.MonkeyPatch) -> None:
+    assert load_settings().database_startup_wait_seconds == 30
+    env.setenv("DATABASE_STARTUP_WAIT_SECONDS", "0")
+    assert load_settings().database_startup_wait_seconds == 0
+
+
 def test_a_zero_refresh_reuse_leeway_turns_the_window_off(env: pytest.MonkeyPatch) -> None:
     env.setenv("REFRESH_REUSE_LEEWAY_SECONDS", "0")
     assert load_settings().refresh_reuse_leeway_seconds == 0

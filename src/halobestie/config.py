@@ -20,7 +20,14 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from . import pghosts
-from .settings_types import Origins, Seconds, SentinelAddresses, WarningSeconds, hash_tag
+from .settings_types import (
+    Origins,
+    Seconds,
+    SentinelAddresses,
+    WaitSeconds,
+    WarningSeconds,
+    hash_tag,
+)
 
 # Secrets that are fine on a laptop and fatal anywhere else.
 DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789abcdef"  # noqa: S105
@@ -156,6 +163,12 @@ class Settings(DatabaseSettings):
     event_retention_seconds: Seconds = Field(default=86400.0, alias="EVENT_RETENTION_SECONDS")
     database_timeout_seconds: Seconds = Field(default=5.0, alias="DATABASE_TIMEOUT_SECONDS")
     database_pool_size: PositiveInt = Field(default=10, alias="DATABASE_POOL_SIZE")
+    # How long startup keeps retrying an unreachable Postgres before it gives up (0: not
+    # at all): an app started beside its database, or on a box so busy that one connect
+    # outlasts DATABASE_TIMEOUT_SECONDS, waits instead of exiting.
+    database_startup_wait_seconds: WaitSeconds = Field(
+        default=30.0, alias="DATABASE_STARTUP_WAIT_SECONDS"
+    )
     # asyncpg's prepared-statement cache per connection; 0 behind PgBouncer in transaction
     # mode before 1.21 (a named statement prepared on one server connection is unknown on
     # the next: "prepared statement ... does not exist").

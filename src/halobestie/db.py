@@ -216,9 +216,38 @@ class Database:
         # that runs out during an outage is the outage, not a busy pool.
         self._unreachable = False
 
-    async def open(self) -> None:
-        """Opens the pool (and the direct pool behind a pooler). Raises what connecting
-        raises; a pooler refusing the bounds says which setting is missing."""
+    async def open(self, *, wait: float = 0.0) -> None:
+        """Opens the pool (and the direct pool behind a pooler). Postgres unreachable
+        (UNREACHABLE: refused, timed out, starting up) is retried until `wait` seconds
+        have passed (DATABASE_STARTUP_WAIT_SECONDS at startup), each attempt logged:
+        an app started beside its Postgres (a compose file, a reboot) or on a box so
+        loaded that one connect outlasts DATABASE_TIMEOUT_SECONDS waits instead of
+        exiting. Raises what the last attempt raised; a pooler refusing the bounds says
+        which setting is missing (never retried: waiting does not fix a setting)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._open_checked()
+                return
+            except UNREACHABLE as exc:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise
+                pause = min(2.0, 0.25 * 2 ** (attempt - 1), left)
+                # The error's class only: its text may carry the DSN's host and user.
+                log.warning(
+                    "waiting_for_postgres",
+                    attempt=attempt,
+                    error=type(exc).__name__,
+                    retry_in_seconds=round(pause, 2),
+                    gives_up_in_seconds=round(left, 1),
+                )
+                await asyncio.sleep(pause)
+
+    async def _open_checked(self) -> None:
         try:
             await self._open_pool()
         except asyncpg.ProtocolViolationError as exc:

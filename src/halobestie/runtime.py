@@ -93,7 +93,7 @@ class Runtime:
 
     async def start(self) -> None:
         ctx = self.ctx
-        await ctx.db.open()
+        await ctx.db.open(wait=ctx.settings.database_startup_wait_seconds)
         # Fleet upkeep like the sweeps and timers, and off with them (benchmarks count
         # every statement); first: restoring timers may wait on a stalled holder.
         if ctx.settings.sweeps_enabled or ctx.settings.timers_enabled:

@@ -14,6 +14,8 @@ from pydantic_settings import NoDecode
 
 # Finite: "inf" would pass as positive, then overflow a socket timeout at runtime.
 Seconds = Annotated[PositiveFloat, Field(allow_inf_nan=False)]
+# A wait that may be 0 (do not wait), finite and at most a day (more is a unit mistake).
+WaitSeconds = Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)]
 # The longest SESSION_WARNING_SECONDS offset: a day (a bigger one is a unit mistake).
 MAX_WARNING_SECONDS = 86_400
 
