@@ -32,7 +32,7 @@ from typing import Any
 
 import asyncpg
 
-from halobestie.devservers import EmbeddedValkey
+from halobestie.devservers.valkey import EmbeddedValkey
 from halobestie.migrate import run_migrations
 
 from . import dataset, inproc, pairing_costs, pairing_scale, report_pairing

