@@ -25,17 +25,9 @@ from typing import Any
 import httpx
 
 from ..logs import get_logger
-from .actors import (
-    Actor,
-    AdminActor,
-    Behaviour,
-    ChatHook,
-    CustomerActor,
-    DemoChat,
-    MitraActor,
-    World,
-)
+from .actors import Actor, AdminActor, CustomerActor, MitraActor
 from .client import Account, ApiError, ApiUser, PaymentProvider, ServerGone
+from .world import Behaviour, ChatHook, DemoChat, World
 
 log = get_logger(__name__)
 
