@@ -394,7 +394,10 @@ def test_the_installed_command_reports_bad_configuration_on_stderr() -> None:
 
 @pytest.fixture
 def sentinel_env(env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in ("VALKEY_SENTINELS", "VALKEY_SENTINEL_MASTER"):
+    for name in (
+        "VALKEY_SENTINELS", "VALKEY_SENTINEL_MASTER", "VALKEY_SENTINEL_USERNAME",
+        "VALKEY_SENTINEL_PASSWORD", "VALKEY_SENTINEL_TLS",
+    ):  # fmt: skip
         env.delenv(name, raising=False)
         env.delenv(name.lower(), raising=False)
     return env
@@ -454,6 +457,80 @@ def test_bad_valkey_sentinel_master_names_are_refused_naming_the_variable(
     sentinel_env.setenv("VALKEY_SENTINELS", "s1:26379")
     sentinel_env.setenv("VALKEY_SENTINEL_MASTER", value)
     refused("VALKEY_SENTINEL_MASTER")
+
+
+SENTINEL_SECRET = "sentinel-secret-pw"
+
+
+def test_the_sentinels_own_credentials_and_tls_are_optional(
+    sentinel_env: pytest.MonkeyPatch,
+) -> None:
+    sentinel_env.setenv("VALKEY_SENTINELS", "s1:26379")
+    settings = load_settings()
+    assert settings.valkey_sentinel_username is None
+    assert settings.valkey_sentinel_password is None
+    assert settings.valkey_sentinel_tls is None  # as VALKEY_URL's scheme says
+    for name in ("VALKEY_SENTINEL_USERNAME", "VALKEY_SENTINEL_PASSWORD", "VALKEY_SENTINEL_TLS"):
+        sentinel_env.setenv(name, "")  # `${VAR:-}` in a compose file: unset
+    assert load_settings().valkey_sentinel_password is None
+    sentinel_env.setenv("VALKEY_SENTINEL_USERNAME", "halobestie")
+    sentinel_env.setenv("VALKEY_SENTINEL_PASSWORD", SENTINEL_SECRET)
+    sentinel_env.setenv("VALKEY_SENTINEL_TLS", "false")
+    settings = load_settings()
+    assert settings.valkey_sentinel_username == "halobestie"
+    password = settings.valkey_sentinel_password
+    assert password is not None and password.get_secret_value() == SENTINEL_SECRET
+    assert settings.valkey_sentinel_tls is False
+    assert SENTINEL_SECRET not in repr(settings) and SENTINEL_SECRET not in str(settings)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("VALKEY_SENTINEL_PASSWORD", SENTINEL_SECRET), ("VALKEY_SENTINEL_USERNAME", "app"),
+     ("VALKEY_SENTINEL_TLS", "true")],
+)  # fmt: skip
+def test_sentinel_credentials_without_sentinels_are_refused_without_echoing_them(
+    sentinel_env: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    sentinel_env.setenv(variable, value)
+    if variable == "VALKEY_SENTINEL_USERNAME":
+        sentinel_env.setenv("VALKEY_SENTINEL_PASSWORD", SENTINEL_SECRET)
+    message = refused(variable)
+    assert "VALKEY_SENTINELS" in message and SENTINEL_SECRET not in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("VALKEY_SENTINEL_USERNAME", "two words"), ("VALKEY_SENTINEL_TLS", "maybe"),
+     ("VALKEY_SENTINEL_PASSWORD", SENTINEL_SECRET * 40)],
+)  # fmt: skip
+def test_bad_sentinel_credentials_are_refused_naming_the_variable_not_the_secret(
+    sentinel_env: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    sentinel_env.setenv("VALKEY_SENTINELS", "s1:26379")
+    sentinel_env.setenv("VALKEY_SENTINEL_PASSWORD", SENTINEL_SECRET)
+    sentinel_env.setenv(variable, value)
+    assert SENTINEL_SECRET not in refused(variable)
+
+
+def test_a_sentinel_username_needs_a_password(sentinel_env: pytest.MonkeyPatch) -> None:
+    sentinel_env.setenv("VALKEY_SENTINELS", "s1:26379")
+    sentinel_env.setenv("VALKEY_SENTINEL_USERNAME", "halobestie")
+    refused("VALKEY_SENTINEL_PASSWORD")
+
+
+def test_serve_refuses_a_misplaced_sentinel_password_without_printing_it() -> None:
+    """The startup failure message of the real executable names the variable only."""
+    env = {k: v for k, v in os.environ.items() if k.upper() not in ALL_VARIABLES}
+    env.pop("VALKEY_SENTINELS", None)
+    env.update(VALID, VALKEY_SENTINEL_PASSWORD=SENTINEL_SECRET)
+    exe = Path(sys.executable).parent / "halobestie"
+    proc = subprocess.run(  # noqa: S603
+        [str(exe), "serve"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 1, proc
+    assert "VALKEY_SENTINEL_PASSWORD" in proc.stderr
+    assert SENTINEL_SECRET not in proc.stderr + proc.stdout
 
 
 # -- behind PgBouncer (SPEC §8) ---------------------------------------------------------

@@ -7,13 +7,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import valkey.asyncio as valkey_async
+from valkey.asyncio.connection import SSLConnection
 from valkey.asyncio.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
+from valkey.exceptions import AuthenticationError
 from valkey.utils import LIBVALKEY_AVAILABLE
 
 from halobestie.config import load_settings
 from halobestie.valkey.client import connect
-from halobestie.valkey.topology import ValkeyEndpoint, endpoint
+from halobestie.valkey.topology import (
+    SentinelAuthenticationError,
+    ValkeyEndpoint,
+    describe_failure,
+    endpoint,
+)
 
 SENTINELS = (("sentinel-1", 26379), ("10.0.0.2", 26380))
 
@@ -84,3 +92,86 @@ async def test_a_url_without_a_host_is_enough_with_sentinels() -> None:
         assert (options["password"], options["db"]) == ("secret", 2)
     finally:
         await client.aclose()
+
+
+# -- the Sentinels' own credentials and TLS (VALKEY_SENTINEL_*) ---------------------------
+
+
+def sentinel_options(client: Any) -> list[dict[str, Any]]:
+    return [
+        s.connection_pool.connection_kwargs
+        for s in client.connection_pool.sentinel_manager.sentinels
+    ]
+
+
+async def test_the_sentinels_are_asked_with_their_own_password_not_the_primary_s() -> None:
+    target = ValkeyEndpoint(
+        "redis://:primary-pw@/0", SENTINELS, sentinel_username="app", sentinel_password="s-pw"
+    )
+    client: Any = connect(target, operation_timeout=0.25)
+    try:
+        asked = sentinel_options(client)
+        assert [(s["username"], s["password"]) for s in asked] == [("app", "s-pw")] * 2
+        assert client.connection_pool.connection_kwargs["password"] == "primary-pw"
+        assert "s-pw" not in repr(target)
+    finally:
+        await client.aclose()
+
+
+async def test_sentinels_use_tls_when_the_url_does_with_its_ssl_options() -> None:
+    url = "rediss://:pw@/0?ssl_ca_certs=/etc/ca.pem&ssl_cert_reqs=required"
+    client: Any = connect(ValkeyEndpoint(url, SENTINELS), operation_timeout=1)
+    try:
+        for sentinel in client.connection_pool.sentinel_manager.sentinels:
+            assert issubclass(sentinel.connection_pool.connection_class, SSLConnection)
+        assert all(s["ssl_ca_certs"] == "/etc/ca.pem" for s in sentinel_options(client))
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("url", "sentinel_tls", "expected"),
+    [
+        ("rediss://:pw@/0", False, False),
+        ("redis://:pw@/0", True, True),
+        ("redis://:pw@/0", None, False),
+    ],
+)
+async def test_sentinel_tls_says_otherwise_than_the_url(
+    url: str, sentinel_tls: bool | None, expected: bool
+) -> None:
+    client: Any = connect(
+        ValkeyEndpoint(url, SENTINELS, sentinel_tls=sentinel_tls), operation_timeout=1
+    )
+    try:
+        for sentinel in client.connection_pool.sentinel_manager.sentinels:
+            tls = issubclass(sentinel.connection_pool.connection_class, SSLConnection)
+            assert tls is expected
+    finally:
+        await client.aclose()
+
+
+def test_the_endpoint_carries_the_sentinels_credentials_and_tls() -> None:
+    settings = load_settings(
+        DATABASE_URL="postgresql://db/halobestie",
+        VALKEY_URL="redis://:pw@/0",
+        JWT_SECRET="a-real-production-jwt-secret-0123456789",
+        PAYMENT_WEBHOOK_SECRET="a-real-webhook-secret-0123",
+        VALKEY_SENTINELS="s1:26379",
+        VALKEY_SENTINEL_USERNAME="app",
+        VALKEY_SENTINEL_PASSWORD="s-secret",
+        VALKEY_SENTINEL_TLS="true",
+    )
+    target = endpoint(settings)
+    assert (target.sentinel_username, target.sentinel_password) == ("app", "s-secret")
+    assert target.sentinel_tls is True
+    assert "s-secret" not in repr(target) and "s-secret" not in repr(settings)
+
+
+def test_a_refusal_is_described_as_authentication_without_the_secret() -> None:
+    refused = SentinelAuthenticationError("the Sentinels refused authentication: ...")
+    assert "Sentinels refused authentication" in describe_failure(refused)
+    assert "VALKEY_SENTINEL_PASSWORD" in describe_failure(refused)
+    assert "VALKEY_URL" in describe_failure(AuthenticationError("invalid password"))
+    assert describe_failure(ConnectionError("refused")) == "Valkey unreachable"
+    assert describe_failure(None) == "Valkey unreachable"

@@ -13,6 +13,7 @@ from pydantic import (
     Field,
     NonNegativeInt,
     PositiveInt,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -104,6 +105,17 @@ class Settings(DatabaseSettings):
     valkey_sentinel_master: str = Field(
         default="mymaster", alias="VALKEY_SENTINEL_MASTER", pattern=r"^[A-Za-z0-9._-]{1,64}$"
     )
+    # The Sentinels' own credentials (their `requirepass`, or an ACL user), distinct from
+    # the primary's in VALKEY_URL; empty is unset. A SecretStr: never in a repr or a log.
+    valkey_sentinel_username: str | None = Field(
+        default=None, alias="VALKEY_SENTINEL_USERNAME", pattern=r"^\S{1,128}$"
+    )
+    valkey_sentinel_password: SecretStr | None = Field(
+        default=None, alias="VALKEY_SENTINEL_PASSWORD", max_length=512
+    )
+    # TLS to the Sentinels; unset, it follows VALKEY_URL (rediss://, valkeys://), whose
+    # ssl_* options (CA, client certificate) then apply to the Sentinels too.
+    valkey_sentinel_tls: bool | None = Field(default=None, alias="VALKEY_SENTINEL_TLS")
     # SPEC §8: VALKEY_URL names a node of a Valkey Cluster; the prefix then holds a hash
     # tag so that every key of the mirror shares one slot (valkey/cluster.py).
     valkey_cluster: bool = Field(default=False, alias="VALKEY_CLUSTER")
@@ -209,6 +221,16 @@ class Settings(DatabaseSettings):
             raise ValueError(f"VALKEY_URL has a bad port: {exc}") from None
         return value
 
+    @field_validator(
+        "valkey_sentinel_username", "valkey_sentinel_password", "valkey_sentinel_tls",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`VALKEY_SENTINEL_PASSWORD=` (e.g. `${VAR:-}` in a compose file) means none:
+        Valkey has no empty password either."""
+        return None if value == "" else value
+
     @field_validator("log_level")
     @classmethod
     def _check_log_level(cls, value: str) -> str:
@@ -240,6 +262,28 @@ class Settings(DatabaseSettings):
                 "VALKEY_URL must name a host (redis://host:6379/0), unless VALKEY_SENTINELS"
                 " names the Sentinels that know it"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_valkey_sentinel_auth(self) -> Settings:
+        """The Sentinels' credentials and TLS mean nothing without Sentinels: set alone,
+        they are a mistake (a password meant for VALKEY_URL?). The secret is never echoed."""
+        given = [
+            name
+            for name, value in (
+                ("VALKEY_SENTINEL_USERNAME", self.valkey_sentinel_username),
+                ("VALKEY_SENTINEL_PASSWORD", self.valkey_sentinel_password),
+                ("VALKEY_SENTINEL_TLS", self.valkey_sentinel_tls),
+            )
+            if value is not None
+        ]
+        if given and not self.valkey_sentinels:
+            raise ValueError(
+                f"{', '.join(given)} set without VALKEY_SENTINELS: they apply to the"
+                " Sentinels only (the primary's password goes in VALKEY_URL)"
+            )
+        if self.valkey_sentinel_username is not None and self.valkey_sentinel_password is None:
+            raise ValueError("VALKEY_SENTINEL_USERNAME needs VALKEY_SENTINEL_PASSWORD")
         return self
 
     @model_validator(mode="after")

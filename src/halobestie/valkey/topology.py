@@ -11,6 +11,13 @@ name the dead primary until they agree it is down, then none (valkey-py raises
 MasterNotFoundError, a ConnectionError), then the promoted replica: to the engine, the
 same outage and comeback as a restarted Valkey, and the new server's `run_id` makes the
 mirror reseed before it is trusted again (mirror.py).
+
+The Sentinels are asked with credentials of their own (VALKEY_SENTINEL_USERNAME /
+VALKEY_SENTINEL_PASSWORD: Sentinel's `requirepass`, not the primary's), and over TLS when
+VALKEY_URL is rediss:// (or VALKEY_SENTINEL_TLS says so), with the URL's ssl_* options. A
+Sentinel that refuses them makes the primary as unreachable as a dead one (the app serves
+from Postgres), but the error says which: `SentinelAuthenticationError`, logged at
+startup as `describe_failure` words it, the secret never included.
 """
 
 from __future__ import annotations
@@ -18,13 +25,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from valkey.asyncio import Valkey
 from valkey.asyncio.connection import SSLConnection, parse_url
-from valkey.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from valkey.exceptions import ValkeyError
+from valkey.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+from valkey.exceptions import AuthenticationError, ValkeyError
 
 from ..config import Settings
 
@@ -33,21 +40,30 @@ from ..config import Settings
 class ValkeyEndpoint:
     """`url`: a redis(s):// URL. With `sentinels` ((host, port) pairs), its host and port
     are ignored and the primary is the one the Sentinels call `sentinel_master`; the URL
-    still gives the credentials, the database and TLS (rediss://) for the primary."""
+    still gives the credentials, the database and TLS (rediss://) for the primary.
+    `sentinel_username`/`sentinel_password`: the Sentinels' own (None: they are asked
+    without); `sentinel_tls`: TLS to the Sentinels (None: as the URL's scheme says)."""
 
     url: str
     sentinels: tuple[tuple[str, int], ...] = ()
     sentinel_master: str = "mymaster"
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+    sentinel_tls: bool | None = None
     # VALKEY_CLUSTER: `url` names a node of a Valkey Cluster (cluster.py).
     cluster: bool = False
 
 
 def endpoint(settings: Settings) -> ValkeyEndpoint:
-    """The app's Valkey as configured (VALKEY_URL, VALKEY_SENTINELS, VALKEY_SENTINEL_MASTER)."""
+    """The app's Valkey as configured (VALKEY_URL, VALKEY_SENTINELS, VALKEY_SENTINEL_*)."""
+    password = settings.valkey_sentinel_password
     return ValkeyEndpoint(
         url=settings.valkey_client_url,
         sentinels=settings.valkey_sentinels,
         sentinel_master=settings.valkey_sentinel_master,
+        sentinel_username=settings.valkey_sentinel_username,
+        sentinel_password=None if password is None else password.get_secret_value(),
+        sentinel_tls=settings.valkey_sentinel_tls,
         cluster=settings.valkey_cluster,
     )
 
@@ -119,22 +135,96 @@ class _SentinelManagedValkey(Valkey):
             await sentinel.aclose()
 
 
+class SentinelAuthenticationError(MasterNotFoundError):
+    """No Sentinel named the primary, and at least one refused the app's credentials
+    (VALKEY_SENTINEL_USERNAME / VALKEY_SENTINEL_PASSWORD, missing or wrong). A
+    ConnectionError, handled like an unreachable Valkey; only the message differs."""
+
+
+class _SentinelNode(Valkey):
+    """The client of one Sentinel: remembers whether its last command was refused for
+    authentication (valkey-py's discover_master keeps only the errors' text)."""
+
+    refused = False
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        try:
+            result = await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        except AuthenticationError:
+            self.refused = True
+            raise
+        self.refused = False
+        return result
+
+
+class _Sentinels(Sentinel):
+    """valkey-py's Sentinel with `_SentinelNode` clients, raising SentinelAuthenticationError
+    instead of a bare MasterNotFoundError when credentials were the reason."""
+
+    def __init__(
+        self,
+        addresses: list[tuple[str, int]],
+        sentinel_kwargs: dict[str, Any],
+        **connection_kwargs: Any,
+    ) -> None:
+        super().__init__([], sentinel_kwargs=sentinel_kwargs, **connection_kwargs)  # type: ignore[no-untyped-call]
+        self._nodes = [_SentinelNode(host=h, port=p, **sentinel_kwargs) for h, p in addresses]
+        self.sentinels = list(self._nodes)  # reordered by discover_master
+
+    async def discover_master(self, service_name: str) -> Any:
+        try:
+            return await super().discover_master(service_name)
+        except MasterNotFoundError as exc:
+            if any(node.refused for node in self._nodes):
+                raise SentinelAuthenticationError(
+                    f"the Sentinels refused authentication: {exc}"
+                ) from exc
+            raise
+
+
+def describe_failure(exc: BaseException | None) -> str:
+    """Why Valkey could not be used, in the words an operator needs (the startup log):
+    which credentials were refused, if that is why. Never a secret: valkey-py's messages
+    name hosts and ports, not passwords."""
+    if isinstance(exc, SentinelAuthenticationError):
+        return (
+            "the Valkey Sentinels refused authentication (check VALKEY_SENTINEL_PASSWORD"
+            " and VALKEY_SENTINEL_USERNAME)"
+        )
+    if isinstance(exc, AuthenticationError):
+        return "Valkey refused authentication (check the credentials in VALKEY_URL)"
+    return "Valkey unreachable"
+
+
+def _sentinel_options(
+    target: ValkeyEndpoint, primary: dict[str, Any], timeout: float
+) -> dict[str, Any]:
+    """How each Sentinel is asked: `timeout` to connect and for each reply, the Sentinels'
+    own credentials, and TLS as `target.sentinel_tls` says (None: when the primary's URL
+    is TLS, with its ssl_* options: one CA for the whole topology, as is usual)."""
+    options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    if target.sentinel_password is not None:
+        options["password"] = target.sentinel_password
+        options["username"] = target.sentinel_username
+    tls = bool(primary.get("ssl")) if target.sentinel_tls is None else target.sentinel_tls
+    if tls:
+        options["ssl"] = True
+        options.update({k: v for k, v in primary.items() if k.startswith("ssl_")})
+    return options
+
+
 def sentinel_client(target: ValkeyEndpoint, options: dict[str, Any], timeout: float) -> Any:
     """A pooled client of the Sentinels' primary; `options` are the connection options a
-    plain client would get (`client.connect`). The Sentinels are asked with `timeout` as
-    connect and reply timeout, over plain TCP and without credentials (valkey-py's
-    default: the URL's password is the primary's)."""
+    plain client would get (`client.connect`). The Sentinels are asked as
+    `_sentinel_options` says; the URL's credentials are the primary's only."""
     kwargs: dict[str, Any] = dict(parse_url(target.url))
     kwargs.pop("host", None)
     kwargs.pop("port", None)
     if kwargs.pop("connection_class", None) is SSLConnection:
         kwargs["ssl"] = True  # SentinelConnectionPool picks its TLS connection class
+    sentinel_kwargs = _sentinel_options(target, kwargs, timeout)
     kwargs.update(options)
-    sentinels = Sentinel(  # type: ignore[no-untyped-call]
-        list(target.sentinels),
-        sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
-        **kwargs,
-    )
+    sentinels = _Sentinels(list(target.sentinels), sentinel_kwargs, **kwargs)
     return sentinels.master_for(
         target.sentinel_master,
         valkey_class=_SentinelManagedValkey,
