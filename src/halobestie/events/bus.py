@@ -29,7 +29,6 @@ import contextlib
 import json
 import random
 import uuid
-from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
@@ -44,8 +43,9 @@ from ..valkey.client import VALKEY_FAILURES, connect
 from ..valkey.keys import Keys
 from ..valkey.topology import ValkeyEndpoint
 from ..valkey.topology import endpoint as valkey_endpoint
+from .local_sockets import LocalSockets
 from .log import last_seqs
-from .sockets import Endable, Sequenced, Socket
+from .sockets import Sequenced
 
 log = get_logger(__name__)
 
@@ -67,7 +67,9 @@ class SubscriberLost(Exception):
 LINK_FAILURES: tuple[type[BaseException], ...] = (*VALKEY_FAILURES, SubscriberLost)
 
 
-class EventBus:
+class EventBus(LocalSockets):
+    """This instance's sockets (LocalSockets, local_sockets.py), and what crosses instances."""
+
     def __init__(
         self,
         metrics: Metrics,
@@ -90,6 +92,7 @@ class EventBus:
         nothing is published to Valkey. `db`: where the catch-up reads the users' last
         seqs (none: no catch-up), every `catch_up_seconds` and at once whenever the
         subscriber subscribes again."""
+        super().__init__()
         self.keys = keys
         self.enabled = enabled
         self.breaker = Breaker("events", metrics.event_bus_errors, retry_after=retry_after)
@@ -97,7 +100,6 @@ class EventBus:
         self.instance_id = uuid.uuid4().hex
         self._url = url
         self._operation_timeout = operation_timeout
-        self._sockets: dict[str, set[Socket]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         # Checked as well as cancelling: on 3.11 a cancel can be swallowed by a library's
         # asyncio.wait_for, and stop() must not wait forever for it.
@@ -111,41 +113,7 @@ class EventBus:
         self._catch_up_task: asyncio.Task[None] | None = None
         self.catch_ups = 0
 
-    # -- local sockets -----------------------------------------------------------
-
-    def attach(self, user_id: UUID, socket: Socket) -> None:
-        self._sockets[str(user_id)].add(socket)
-
-    def detach(self, user_id: UUID, socket: Socket) -> None:
-        sockets = self._sockets.get(str(user_id))
-        if sockets is not None:
-            sockets.discard(socket)
-            if not sockets:
-                del self._sockets[str(user_id)]
-
-    def connected(self, user_id: UUID) -> int:
-        return len(self._sockets.get(str(user_id), ()))
-
-    def open_logins(self) -> set[UUID]:
-        """The logins (auth session ids) of this instance's open sockets."""
-        return {
-            s.login
-            for sockets in self._sockets.values()
-            for s in sockets
-            if isinstance(s, Endable) and s.login is not None
-        }
-
-    def end_local(self, user_id: str, login: str | None, reason: str) -> int:
-        """End this instance's sockets of `user_id` (only those of `login` when given);
-        returns how many. Their connection tasks detach them as they close."""
-        ended = 0
-        for socket in list(self._sockets.get(user_id, ())):
-            if not isinstance(socket, Endable):
-                continue
-            if login is None or str(socket.login) == login:
-                socket.end(reason)
-                ended += 1
-        return ended
+    # -- ending sockets, here and on the other instances -------------------------
 
     async def end_sockets(self, user_id: UUID, login: UUID | None, reason: str) -> None:
         """After commit of a logout (one login) or a deactivation (`login` None: all of the
@@ -156,38 +124,6 @@ class EventBus:
         self.end_local(user, only, reason)
         end = {"user": user, "login": only, "reason": reason}
         await self._publish_envelope(json.dumps({"origin": self.instance_id, "end": end}), "end")
-
-    async def deliver_local(self, user_ids: Iterable[str], text: str) -> int:
-        """Send to this instance's sockets of these users; a dead socket is dropped."""
-        targets = [(u, s) for u in user_ids for s in list(self._sockets.get(u, ()))]
-        results = await asyncio.gather(
-            *(s.send_text(text) for _, s in targets), return_exceptions=True
-        )
-        delivered = 0
-        for (user, socket), result in zip(targets, results, strict=True):
-            if isinstance(result, BaseException):
-                self.detach(UUID(user), socket)
-            else:
-                delivered += 1
-        return delivered
-
-    async def deliver_local_frames(self, frames: Iterable[tuple[str, int, str]]) -> int:
-        """Hand recorded events `(user, seq, frame)` to this instance's sockets of those
-        users (each socket orders and dedupes them by seq); a socket that refuses (fell
-        too far behind) is dropped. Returns how many sockets took one."""
-        delivered = 0
-        for user, seq, text in frames:
-            for socket in list(self._sockets.get(user, ())):
-                try:
-                    if isinstance(socket, Sequenced):
-                        socket.offer(seq, text)
-                    else:  # a plain socket (tests, tools): in arrival order
-                        await socket.send_text(text)
-                except Exception:
-                    self.detach(UUID(user), socket)
-                else:
-                    delivered += 1
-        return delivered
 
     # -- publishing --------------------------------------------------------------
 
