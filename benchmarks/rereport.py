@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import report
+from . import report, report_plots
 
 
 def main(path: Path) -> None:
@@ -15,7 +15,7 @@ def main(path: Path) -> None:
     results["targets"] = report.targets(results)
     path.write_text(json.dumps(results, indent=2, default=str))
     stem = path.with_suffix("")
-    plots = report.plots(results, stem)
+    plots = report_plots.plots(results, stem)
     md = stem.with_suffix(".md")
     md.write_text(report.markdown(results, plots, md.parent))
     print(md)

@@ -61,6 +61,7 @@ from . import (
     pairing_scale,
     profiling,
     report,
+    report_plots,
 )
 from .infra import (
     BENCH_JWT_SECRET,
@@ -709,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
     results["targets"] = report.targets(results)
     json_path = args.out / f"{stamp}.json"
     json_path.write_text(json.dumps(results, indent=2, default=str))
-    plots = report.plots(results, args.out / stamp)
+    plots = report_plots.plots(results, args.out / stamp)
     md_path = args.out / f"{stamp}.md"
     md_path.write_text(report.markdown(results, plots, md_path.parent))
     log(f"done in {meta['duration_s']:.0f} s: {json_path}")
