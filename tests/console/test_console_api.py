@@ -262,6 +262,21 @@ async def test_session_events_refuse_bad_queries(inst: Instance, query: dict[str
     assert_error(r, 422, "invalid_request")
 
 
+async def test_session_events_refuse_an_after_id_past_a_bigint_naming_it(inst: Instance) -> None:
+    # Checked by the route, not left to Postgres (a DataError and a detail naming nothing).
+    admin = await make_user(inst.ctx, "admin")
+    for after_id in (2**63, 10**30):
+        r = await inst.client.get(
+            "/api/admin/session-events", params={"after_id": after_id}, headers=admin.headers
+        )
+        assert_error(r, 422, "invalid_request")
+        assert "after_id" in r.json()["detail"], r.text
+    r = await inst.client.get(
+        "/api/admin/session-events", params={"after_id": 2**63 - 1}, headers=admin.headers
+    )
+    assert r.status_code == 200 and r.json()["events"] == [], r.text
+
+
 def assert_error(r: httpx.Response, status: int, code: str) -> None:
     assert r.status_code == status, r.text
     assert r.json()["error"] == code, r.text

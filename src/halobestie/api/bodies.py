@@ -59,7 +59,11 @@ class RegisterBody(Strict):
 
 
 class LoginBody(Strict):
-    email: Annotated[str, StringConstraints(min_length=1, max_length=254), Storable]
+    # Trimmed like registration's EmailStr trims it: " a@example.com " registers
+    # a@example.com, and the same text must log in to it.
+    email: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=254), Storable
+    ]
     password: Annotated[str, StringConstraints(min_length=1, max_length=128), Storable]
 
 

@@ -107,11 +107,47 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{where}: {err.get('msg', 'invalid')}"
 
 
-async def _validation(_: Request, exc: Exception) -> JSONResponse:
+def _is_json(content_type: str) -> bool:
+    """FastAPI's test of whether it parses a body as JSON: application/json or */*+json."""
+    mime = content_type.split(";", 1)[0].strip().lower()
+    return mime == "application/json" or (
+        mime.startswith("application/") and mime.endswith("+json")
+    )
+
+
+def _not_sent_as_json(request: Request, errs: list[dict[str, Any]]) -> str | None:
+    """The detail for a body FastAPI left unparsed because its Content-Type is not JSON
+    (`curl -d` sends application/x-www-form-urlencoded), or None. Without it the client
+    reads "body: Input should be a valid dictionary" about a body that is a JSON object."""
+    content_type = request.headers.get("content-type", "")
+    if _is_json(content_type):
+        return None
+    if not any(tuple(err.get("loc", ())) == ("body",) and err.get("type") != "missing"
+               for err in errs):  # fmt: skip
+        return None
+    got = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
+    return f"body: send it as JSON with Content-Type: application/json (got {got})"
+
+
+async def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errs = list(exc.errors())
-    detail = "; ".join(_describe(err) for err in errs[:10]) or "invalid request"
+    detail = _not_sent_as_json(request, errs)
+    if detail is None:
+        detail = "; ".join(_describe(err) for err in errs[:10]) or "invalid request"
     return error_response(422, "invalid_request", detail)
+
+
+def _unparsable(cause: BaseException | None) -> str:
+    """Why a body FastAPI could not parse is refused: json.loads raised something other than
+    a JSONDecodeError (which is a 422 with its position)."""
+    if isinstance(cause, UnicodeDecodeError):
+        return "body cannot be parsed: it must be JSON in UTF-8"
+    if isinstance(cause, RecursionError):
+        return "body cannot be parsed: its JSON is nested too deeply"
+    if isinstance(cause, ValueError):  # Python's int limit: more than 4300 digits
+        return "body cannot be parsed: a number in it has too many digits"
+    return "body cannot be parsed: it must be JSON in UTF-8"
 
 
 async def _http(_: Request, exc: Exception) -> JSONResponse:
@@ -119,7 +155,7 @@ async def _http(_: Request, exc: Exception) -> JSONResponse:
     code = HTTP_CODES.get(exc.status_code, "http_error")
     detail = exc.detail
     if exc.status_code == 400 and detail == "There was an error parsing the body":
-        detail = "body cannot be parsed: it must be JSON in UTF-8"  # FastAPI's says neither
+        detail = _unparsable(exc.__cause__)  # FastAPI's says neither what nor why
     return error_response(exc.status_code, code, detail, **(exc.headers or {}))
 
 

@@ -240,7 +240,9 @@ def _since(raw: str | None) -> int | Close | None:
         return None
     if raw.isascii() and raw.isdigit() and len(raw) <= 18:
         return int(raw)
-    return Close(POLICY_VIOLATION, "invalid_request: since must be an integer >= 0")
+    return Close(
+        POLICY_VIOLATION, "invalid_request: since must be an integer >= 0 of at most 18 digits"
+    )
 
 
 async def _open_stream(

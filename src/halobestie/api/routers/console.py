@@ -77,7 +77,7 @@ async def get_mitra_states(
 async def get_session_events(
     _: Admin,
     ctx: CtxDep,
-    after_id: Annotated[int, Query(ge=0)] = 0,
+    after_id: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,  # a bigint id
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> SessionEvents:
     """The latest session status changes (newest first), all sessions; `after_id` returns
