@@ -23,7 +23,7 @@ from halobestie.availability.scripts import scripts
 from halobestie.clock import iso
 from halobestie.errors import NotOnline
 from halobestie.valkey.autopipe import AutoPipeline
-from tests.conftest import Instance, Servers, eventually
+from tests.conftest import AppFactory, Instance, Servers, eventually
 from tests.factories import Person, make_user
 from tests.failures import helpers
 from tests.failures.helpers import fallback_reads, heartbeat, online_mitra, valkey_url_via
@@ -36,6 +36,18 @@ valkey_proxy_fixture = helpers.valkey_proxy_fixture
 # Generous bound for "answers, does not hang" on a noisy 2-core machine (the operation
 # timeout is 0.3 s in the tests).
 NO_HANG_SECONDS = 10.0
+
+
+@pytest.fixture
+async def inst(make_app: AppFactory) -> AsyncIterator[Instance]:
+    """The app of the batching, NOSCRIPT and cancellation tests, with a 5 s Valkey timeout
+    (the echo pipelines' too): they check which write carries which call and who gets
+    which reply, and on a loaded box a loop starved past the suite's 0.3 s sends a caller
+    to the Postgres fallback instead (a CI run lost a batching test to it). The timeout
+    tests below keep the 0.3 s: they use `valkey_fault_app`."""
+    async with make_app(VALKEY_OPERATION_TIMEOUT_SECONDS=5.0) as instance:
+        yield instance
+
 
 # Writes its argument under its key and echoes it back: shows which reply went to whom.
 ECHO = """
