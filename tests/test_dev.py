@@ -1,6 +1,6 @@
 """`halobestie dev` with its own embedded Postgres and Valkey (issue 12 point 5), run as
-the real executable: it answers as soon as it says it is up, stops both servers on SIGINT
-and on SIGTERM, and refuses, touching nothing, a data folder another run holds, a port
+the real executable: it answers as soon as it says it is up, stops both servers on SIGINT,
+SIGTERM and SIGHUP, and refuses, touching nothing, a data folder another run holds, a port
 that is taken, or a machine without the `embedded` extra.
 
 Every run is bounded, and whatever a run leaves behind (a failed test) is stopped by
@@ -156,10 +156,24 @@ def _stop_leftovers(data_dir: Path) -> None:
             os.kill(pid, sig)
 
 
+@contextlib.contextmanager
+def hangup_heard_by_children() -> Iterator[None]:
+    """Children started in the block get SIGHUP's default action, as from a shell, even
+    when this process ignores it (pytest under nohup): a handler here, which exec resets."""
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+        yield
+        return
+    previous = signal.signal(signal.SIGHUP, lambda *_: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 @contextlib.asynccontextmanager
 async def dev_run(data_dir: Path, *args: str) -> AsyncIterator[DevRun]:
     log = data_dir.parent / f"{data_dir.name}-{uuid4().hex[:8]}.log"
-    with open(log, "wb") as out:  # noqa: ASYNC230 - a local file, opened once
+    with open(log, "wb") as out, hangup_heard_by_children():  # noqa: ASYNC230 - a local file
         proc = await asyncio.create_subprocess_exec(
             str(EXE), "dev", "--data-dir", str(data_dir), "--port", "0", *args,
             env=dev_env(), stdout=out, stderr=subprocess.STDOUT,
@@ -213,7 +227,11 @@ def listening() -> Iterator[int]:
 # --- serving, and stopping ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    "sig",
+    [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],  # SIGHUP: its terminal was closed
+    ids=["SIGINT", "SIGTERM", "SIGHUP"],
+)
 async def test_dev_answers_once_it_says_it_is_up_and_a_signal_stops_its_servers(
     data_dir: Path, sig: signal.Signals
 ) -> None:

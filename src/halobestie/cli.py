@@ -180,7 +180,7 @@ def dev(
 ) -> None:
     """One-command demo: embedded Postgres and Valkey (when the URLs are unset),
     migrations, demo users, then serve; with --demo, simulated traffic too."""
-    from .devserve import Refused, bind_port, data_dir_lock
+    from .devserve import Refused, bind_port, data_dir_lock, stop_signals
     from .devservers.extra import EmbeddedServersMissing, require_embedded
 
     database_url = os.environ.get("DATABASE_URL")
@@ -202,7 +202,8 @@ def dev(
         # A process manager's SIGTERM while the schema migrates ends the run like Ctrl-C
         # (KeyboardInterrupt), through the `finally` that stops the servers; while they
         # start, both wait for them (_dev); while serving, devserve.py handles both.
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        for sig in stop_signals()[1:]:  # SIGTERM, and SIGHUP (a closed terminal) unless nohup
+            signal.signal(sig, signal.default_int_handler)
         demo_options = (demo, demo_rate, demo_mitras, demo_customers)
         _dev(data_dir, host, port, sock, database_url, valkey_url, demo_options)
 
@@ -296,7 +297,7 @@ def _dev(
     finally:
         # Stopping is bounded (pg_ctl -t 30, valkey 5 s): let it finish rather than leave
         # a server behind because an impatient second signal interrupted it.
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, lambda *_: None)
         servers.stop()
 

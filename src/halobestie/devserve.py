@@ -71,12 +71,20 @@ def data_dir_lock(data_dir: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock; the file stays, harmless
 
 
+def stop_signals() -> tuple[signal.Signals, ...]:
+    """The signals that stop `halobestie dev` like Ctrl-C: SIGINT, SIGTERM, and SIGHUP (its
+    terminal closed; by default it would kill the command and leave the embedded Postgres
+    running) unless the command was started ignoring it (`nohup`)."""
+    hangup = () if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN else (signal.SIGHUP,)
+    return (signal.SIGINT, signal.SIGTERM, *hangup)
+
+
 @contextlib.contextmanager
 def signals_held() -> Iterator[list[int]]:
-    """SIGINT and SIGTERM are noted, not acted on, inside the block: the list it yields
-    holds those that arrived, for the caller to act on once the block is done."""
+    """The stop signals (SIGINT, SIGTERM, SIGHUP) are noted, not acted on, inside the block:
+    the list it yields holds those that arrived, for the caller to act on once it is done."""
     received: list[int] = []
-    handled = (signal.SIGINT, signal.SIGTERM)
+    handled = stop_signals()
     originals = {sig: signal.signal(sig, lambda sig, _: received.append(sig)) for sig in handled}
     try:
         yield received
@@ -177,7 +185,7 @@ class DevServer(uvicorn.Server):
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        handled = (signal.SIGINT, signal.SIGTERM)
+        handled = stop_signals()
         originals = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
         try:
             yield
