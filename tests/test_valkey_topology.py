@@ -10,7 +10,11 @@ from typing import Any
 import pytest
 import valkey.asyncio as valkey_async
 from valkey.asyncio.connection import SSLConnection
-from valkey.asyncio.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
+from valkey.asyncio.sentinel import (
+    MasterNotFoundError,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 from valkey.exceptions import AuthenticationError
 from valkey.utils import LIBVALKEY_AVAILABLE
 
@@ -175,3 +179,23 @@ def test_a_refusal_is_described_as_authentication_without_the_secret() -> None:
     assert "VALKEY_URL" in describe_failure(AuthenticationError("invalid password"))
     assert describe_failure(ConnectionError("refused")) == "Valkey unreachable"
     assert describe_failure(None) == "Valkey unreachable"
+
+
+def test_tls_failures_are_described_as_such() -> None:
+    """The real exceptions are checked end to end (tests/valkey/test_tls.py); here, the
+    forms only a Sentinel topology gives: its errors as text inside MasterNotFoundError."""
+    untrusted = MasterNotFoundError(
+        "No master found for 'mymaster' : Sentinel<127.0.0.1:26379> - ConnectionError('Error 1"
+        " connecting to 127.0.0.1:26379. [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify"
+        " failed: unable to get local issuer certificate (_ssl.c:1006).')"
+    )
+    described = describe_failure(untrusted)
+    assert described.startswith("Valkey's TLS certificate was not trusted"), described
+    assert "unable to get local issuer certificate;" in described and "ssl_ca_certs" in described
+    # A hang-up hints at TLS only when the URL is plaintext; refused stays unreachable.
+    closed = ConnectionError("Connection closed by server.")
+    assert "rediss://" in describe_failure(closed, tls=False)
+    assert describe_failure(closed, tls=True) == "Valkey unreachable"
+    assert describe_failure(ConnectionRefusedError(111, "refused"), tls=False) == (
+        "Valkey unreachable"
+    )

@@ -108,9 +108,10 @@ class Runtime:
             raise
         if not seeded:
             failure = ctx.mirror.last_failure
+            tls = ctx.settings.valkey_client_url.startswith("rediss://")
             log.warning(
                 "starting_degraded",
-                detail=f"{describe_valkey_failure(failure)}; serving from Postgres",
+                detail=f"{describe_valkey_failure(failure, tls=tls)}; serving from Postgres",
                 error=None if failure is None else repr(failure),  # hosts, never a secret
             )
         ctx.mirror.start()

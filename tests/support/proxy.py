@@ -8,12 +8,20 @@ socket path (pgserver's Postgres listens on a unix socket only). Faults:
                nothing comes back, so clients run into their own timeouts. Bytes in flight
                are held, not lost (as TCP would deliver them once the partition heals).
 * restore():   normal forwarding again.
+
+With `tls` (a server-side ssl.SSLContext, e.g. tests/support/tls.py), clients speak TLS to
+the proxy and the proxy forwards plaintext to the target: a TLS-terminating front, as a
+managed Valkey offering has one, before a server built without TLS. The handshake is
+asyncio's, done before a connection is handed over, so a blackholed TLS proxy still
+completes handshakes and then answers nothing; a failed handshake (a client that does not
+trust the certificate, a client speaking plaintext) just closes that connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from pathlib import Path
 from typing import Literal, Self
 
@@ -24,8 +32,16 @@ _CHUNK = 64 * 1024
 
 
 class FaultProxy:
-    def __init__(self, target: Target, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        target: Target,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self._target = target
+        self._tls = tls
         self._host = host
         self._port = port
         self._server: asyncio.Server | None = None
@@ -90,7 +106,9 @@ class FaultProxy:
 
     async def _listen(self) -> None:
         if self._server is None:
-            self._server = await asyncio.start_server(self._handle, self._host, self._port)
+            self._server = await asyncio.start_server(
+                self._handle, self._host, self._port, ssl=self._tls
+            )
             self._port = int(self._server.sockets[0].getsockname()[1])
 
     async def _close(self, *, drop_connections: bool) -> None:
@@ -156,6 +174,10 @@ class FaultProxy:
             # Pass the half-close on, so protocols see EOF exactly as without the proxy.
             if dst.can_write_eof() and not dst.is_closing():
                 dst.write_eof()
+            elif not dst.can_write_eof():
+                # TLS to the client has no half-close: close it, so the client sees the
+                # server's end (its read side then ends the other pump).
+                dst.close()
         except OSError:
             # A reset on either side kills the whole connection, as it would end to end;
             # aborting both transports also ends the pump running the other way.

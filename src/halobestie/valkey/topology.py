@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import ssl
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -182,10 +184,25 @@ class _Sentinels(Sentinel):
             raise
 
 
-def describe_failure(exc: BaseException | None) -> str:
+def describe_failure(exc: BaseException | None, *, tls: bool | None = None) -> str:
     """Why Valkey could not be used, in the words an operator needs (the startup log):
-    which credentials were refused, if that is why. Never a secret: valkey-py's messages
-    name hosts and ports, not passwords."""
+    which credentials were refused, or that TLS failed (the certificate not trusted; a
+    plaintext URL to a TLS-only port, when `tls` is False: VALKEY_URL is redis://), if
+    that is why. Never a secret: valkey-py's messages name hosts and ports, not passwords."""
+    verify = _certificate_failure(exc)
+    if verify is not None:
+        return (
+            f"Valkey's TLS certificate was not trusted ({verify}; check the CA file in"
+            " VALKEY_URL's ssl_ca_certs, and ssl_check_hostname)"
+        )
+    if _in_chain(exc, ssl.SSLError):
+        return "the TLS handshake with Valkey failed (VALKEY_URL is rediss:// or valkeys://)"
+    if tls is False and _closed_by_server(exc):
+        return (
+            "Valkey unreachable: it closed the connection at once (if it accepts only TLS,"
+            " as managed Valkey usually does, VALKEY_URL must start with rediss:// or"
+            " valkeys://)"
+        )
     if isinstance(exc, SentinelAuthenticationError):
         return (
             "the Valkey Sentinels refused authentication (check VALKEY_SENTINEL_PASSWORD"
@@ -194,6 +211,46 @@ def describe_failure(exc: BaseException | None) -> str:
     if isinstance(exc, AuthenticationError):
         return "Valkey refused authentication (check the credentials in VALKEY_URL)"
     return "Valkey unreachable"
+
+
+def _chain(exc: BaseException | None) -> list[BaseException]:
+    """`exc` and what it wraps: valkey-py raises its ConnectionError from within the
+    `except` that caught the OSError (ssl.SSLCertVerificationError...), so `__context__`."""
+    chain: list[BaseException] = []
+    while exc is not None and all(exc is not seen for seen in chain):
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
+
+
+def _in_chain(exc: BaseException | None, kind: type[BaseException]) -> bool:
+    return any(isinstance(e, kind) for e in _chain(exc))
+
+
+def _certificate_failure(exc: BaseException | None) -> str | None:
+    """The verification error ("certificate verify failed: ...") when the server's TLS
+    certificate was refused. Sentinels' errors reach us as text only (valkey-py's
+    MasterNotFoundError lists each Sentinel's error), hence the text match."""
+    for e in _chain(exc):
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return f"certificate verify failed: {e.verify_message}"
+        found = _VERIFY_FAILED.search(str(e))
+        if found is not None:
+            return f"certificate verify failed: {found[1]}"
+    return None
+
+
+# "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: <why> (_ssl.c:1006)"
+_VERIFY_FAILED = re.compile(r"certificate verify failed: (.+?)[\s.]*(?:\(_ssl\.c:\d+\)|$)")
+
+
+def _closed_by_server(exc: BaseException | None) -> bool:
+    """The server hung up on a new connection (reset, or EOF before any reply): what a
+    TLS-only port does to a client that speaks plaintext; refused and timed out are not."""
+    closed = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+    return any(
+        isinstance(e, closed) or "Connection closed by server" in str(e) for e in _chain(exc)
+    )
 
 
 def _sentinel_options(
