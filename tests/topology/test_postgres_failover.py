@@ -303,9 +303,16 @@ async def test_promoting_the_standby_under_load_costs_only_retryable_503s_on_wri
         assert all(
             c.status == 503 and c.code == "database_unavailable" and c.retry_after for c in refused
         ), (summary, logs)
-        # The gap was seen, and only around it; after the promotion writes succeed.
+        # The gap was seen, and only around it: no refusal answered before the crash (a
+        # write in flight at the crash may have been sent well before it on a loaded box:
+        # a CI run saw one sent more than 1 s earlier); after the promotion writes succeed.
         assert refused, summary
-        assert all(timeline.crashed - 1 <= c.start for c in refused), summary
+        before_crash = [
+            (c.instance, round(c.start - timeline.crashed, 3), round(c.end - timeline.crashed, 3))
+            for c in refused
+            if c.end < timeline.crashed
+        ]
+        assert not before_crash, (before_crash, summary, logs)
         late = [c for c in refused if c.start > timeline.promoted + RECOVERY_BOUND]
         assert not late, (summary, logs)
         first_ok = {
