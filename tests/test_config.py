@@ -581,3 +581,37 @@ def test_bad_statement_cache_sizes_are_refused_naming_the_variable(
 ) -> None:
     pooler_env.setenv("DATABASE_STATEMENT_CACHE_SIZE", value)
     refused("DATABASE_STATEMENT_CACHE_SIZE")
+
+
+# -- Valkey over TLS -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["redis", "valkey"])
+def test_tls_options_on_a_plaintext_valkey_url_are_refused_naming_rediss(
+    sentinel_env: pytest.MonkeyPatch, scheme: str
+) -> None:
+    sentinel_env.setenv("VALKEY_URL", f"{scheme}://cache:6379/0?ssl_ca_certs=/etc/ca.pem")
+    message = refused("VALKEY_URL")
+    assert "ssl_ca_certs" in message and "rediss://" in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["rediss://cache:6380/0?ssl_ca_certs=/etc/ca.pem&ssl_check_hostname=true",
+     "valkeys://cache:6380/0?ssl_cert_reqs=none", "redis://cache:6379/0?socket_keepalive=1"],
+)  # fmt: skip
+def test_tls_options_on_a_tls_valkey_url_are_accepted(
+    sentinel_env: pytest.MonkeyPatch, url: str
+) -> None:
+    sentinel_env.setenv("VALKEY_URL", url)
+    assert load_settings().valkey_url == url
+
+
+def test_tls_options_on_a_plaintext_url_are_the_sentinels_with_sentinel_tls(
+    sentinel_env: pytest.MonkeyPatch,
+) -> None:
+    sentinel_env.setenv("VALKEY_URL", "redis://:pw@/0?ssl_ca_certs=/etc/ca.pem")
+    sentinel_env.setenv("VALKEY_SENTINELS", "s1:26379")
+    refused("VALKEY_URL")
+    sentinel_env.setenv("VALKEY_SENTINEL_TLS", "true")
+    assert load_settings().valkey_sentinel_tls is True

@@ -199,3 +199,21 @@ def test_tls_failures_are_described_as_such() -> None:
     assert describe_failure(ConnectionRefusedError(111, "refused"), tls=False) == (
         "Valkey unreachable"
     )
+
+
+async def test_with_tls_to_the_sentinels_only_the_url_s_ssl_options_are_theirs() -> None:
+    url = "redis://:pw@/0?ssl_ca_certs=/etc/ca.pem"  # config: only with VALKEY_SENTINEL_TLS
+    client: Any = connect(ValkeyEndpoint(url, SENTINELS, sentinel_tls=True), operation_timeout=1)
+    try:
+        assert all(s["ssl_ca_certs"] == "/etc/ca.pem" for s in sentinel_options(client))
+        primary = client.connection_pool
+        assert not any(k.startswith("ssl_") for k in primary.connection_kwargs)
+        assert not issubclass(primary.connection_class, SSLConnection)
+    finally:
+        await client.aclose()
+
+
+def test_a_missing_tls_file_is_described_as_such() -> None:
+    missing = ConnectionError("Error 2 connecting to 127.0.0.1:6380. No such file or directory.")
+    assert "missing (ssl_ca_certs" in describe_failure(missing, tls=True)
+    assert "missing (ssl_ca_certs" in describe_failure(FileNotFoundError(2, "no such file"))

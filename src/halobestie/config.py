@@ -7,7 +7,7 @@ fails at startup with pydantic's message, which names the variable.
 from __future__ import annotations
 
 from functools import cached_property
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import (
     Field,
@@ -284,6 +284,20 @@ class Settings(DatabaseSettings):
             )
         if self.valkey_sentinel_username is not None and self.valkey_sentinel_password is None:
             raise ValueError("VALKEY_SENTINEL_USERNAME needs VALKEY_SENTINEL_PASSWORD")
+        return self
+
+    @model_validator(mode="after")
+    def _check_valkey_tls_options(self) -> Settings:
+        """TLS options (`?ssl_ca_certs=...`) on a plaintext VALKEY_URL are a forgotten `s`
+        (valkey-py would fail each connection with a TypeError): refused, unless
+        VALKEY_SENTINEL_TLS=true, whose Sentinels then use them (the primary ignores them)."""
+        parts = urlsplit(self.valkey_url)
+        options = sorted({k for k, _ in parse_qsl(parts.query) if k.startswith("ssl_")})
+        if options and parts.scheme in ("redis", "valkey") and not self.valkey_sentinel_tls:
+            raise ValueError(
+                f"VALKEY_URL has TLS options ({', '.join(options)}) but starts with"
+                f" {parts.scheme}://: use rediss:// or valkeys:// for TLS"
+            )
         return self
 
     @model_validator(mode="after")

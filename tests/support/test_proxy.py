@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from halobestie.devservers.postgres import EmbeddedPostgres, sqlalchemy_url
 from halobestie.devservers.valkey import EmbeddedValkey
 
 from .proxy import FaultProxy
+from .tls import make_certificates
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +110,36 @@ async def test_blackhole_after_cut_and_restore(proxy: FaultProxy) -> None:
     await proxy.restore()
     async with valkey_client(proxy.port) as client:
         assert await client.ping()
+
+
+async def test_tls_mode_terminates_tls_and_passes_the_server_s_close_on(
+    valkey_server: EmbeddedValkey, tmp_path: Path
+) -> None:
+    certs = make_certificates(tmp_path)
+    trusting = ssl.create_default_context(cafile=str(certs.ca_pem))
+    other = ssl.create_default_context(cafile=str(certs.other_ca_pem))
+    async with FaultProxy(("127.0.0.1", valkey_server.port), tls=certs.server) as tls_proxy:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", tls_proxy.port, ssl=trusting, server_hostname="127.0.0.1"
+        )
+        try:
+            writer.write(b"CLIENT SETNAME tls-through-proxy\r\nPING\r\n")
+            assert await asyncio.wait_for(reader.readexactly(12), 5) == b"+OK\r\n+PONG\r\n"
+            # The server hangs up on the proxy's plaintext side: the TLS client sees it.
+            async with valkey_client(valkey_server.port) as admin:
+                await admin.client_kill_filter(_type="normal")
+            assert await asyncio.wait_for(reader.read(100), 5) == b""
+        finally:
+            writer.close()
+        # A client that does not trust the certificate, or speaks plaintext, gets nowhere.
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await asyncio.open_connection(
+                "127.0.0.1", tls_proxy.port, ssl=other, server_hostname="127.0.0.1"
+            )
+        reader, writer = await asyncio.open_connection("127.0.0.1", tls_proxy.port)
+        writer.write(b"PING\r\n")
+        assert await asyncio.wait_for(reader.read(100), 5) == b""
+        writer.close()
 
 
 async def test_upstream_crash_closes_client_and_revival_is_empty(tmp_path: Path) -> None:

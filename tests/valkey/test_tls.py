@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from halobestie.events.bus import bus
+from halobestie.valkey.topology import describe_failure
 from tests.chaos.load import CLIENT_TIMEOUT, User, log_in, make_users
 from tests.conftest import AppFactory, Servers, eventually
 from tests.factories import make_user
@@ -118,6 +119,18 @@ async def test_over_tls_the_app_seeds_the_mirror_and_serves_from_valkey(
         finally:
             await pubsub.aclose()
         assert inst.ctx.mirror.trusted and bus(inst.ctx).breaker.closed
+
+
+async def test_a_missing_ca_file_leaves_the_app_on_postgres_saying_so(
+    make_app: AppFactory, clean: Servers, tls_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    url = url_via(clean, tls_proxy, ca=tmp_path / "absent.pem")
+    async with make_app(VALKEY_URL=url, VALKEY_OPERATION_TIMEOUT_SECONDS=OPERATION_TIMEOUT) as inst:
+        assert not inst.ctx.mirror.trusted
+        described = describe_failure(inst.ctx.mirror.last_failure, tls=True)
+        assert "missing (ssl_ca_certs" in described, described
+        assert state_of(await beacon(inst)) == ("offline", 0)  # from Postgres
+        assert await fallback_reads(inst, "beacon") == 1
 
 
 async def _subscribers(valkey: Any, channel: str) -> int:

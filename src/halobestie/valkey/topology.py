@@ -195,6 +195,10 @@ def describe_failure(exc: BaseException | None, *, tls: bool | None = None) -> s
             f"Valkey's TLS certificate was not trusted ({verify}; check the CA file in"
             " VALKEY_URL's ssl_ca_certs, and ssl_check_hostname)"
         )
+    if _in_chain(exc, FileNotFoundError) or "No such file or directory" in str(exc):
+        # ssl_ca_certs (or ssl_certfile, ssl_keyfile) names no file: the context fails
+        # before any connection (TCP reports no such error; a Sentinel's comes as text).
+        return "a file in VALKEY_URL's TLS options is missing (ssl_ca_certs, ssl_certfile...)"
     if _in_chain(exc, ssl.SSLError):
         return "the TLS handshake with Valkey failed (VALKEY_URL is rediss:// or valkeys://)"
     if tls is False and _closed_by_server(exc):
@@ -280,6 +284,8 @@ def sentinel_client(target: ValkeyEndpoint, options: dict[str, Any], timeout: fl
     if kwargs.pop("connection_class", None) is SSLConnection:
         kwargs["ssl"] = True  # SentinelConnectionPool picks its TLS connection class
     sentinel_kwargs = _sentinel_options(target, kwargs, timeout)
+    if not kwargs.get("ssl"):  # a redis:// primary: ssl_* were for the Sentinels only
+        kwargs = {k: v for k, v in kwargs.items() if not k.startswith("ssl_")}
     kwargs.update(options)
     sentinels = _Sentinels(list(target.sentinels), sentinel_kwargs, **kwargs)
     return sentinels.master_for(
