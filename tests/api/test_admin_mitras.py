@@ -174,9 +174,15 @@ async def test_deactivating_a_mitra_revokes_its_logins_and_updates_the_mirror(
     assert await valkey.sismember("mitras:online", str(mitra.id)) == 0
     assert await valkey.exists(f"mitra:heartbeat:{mitra.id}") == 0
 
-    # One word from every door that looks at the login: 403 account_deactivated.
+    # Every door that looks at the login refuses it with 403: the mitra's status routes
+    # say mitra_deactivated (SPEC §4, as the heartbeat does), the others account_deactivated.
     for token in (mitra.token, second.json()["access_token"]):
-        r = await inst.client.get("/api/mitra/status", headers={"Authorization": f"Bearer {token}"})
+        auth = {"Authorization": f"Bearer {token}"}
+        r = await inst.client.get("/api/mitra/status", headers=auth)
+        assert_error(r, 403, "mitra_deactivated")
+        for route in ("/api/mitra/status/online", "/api/mitra/status/offline"):
+            assert_error(await inst.client.post(route, headers=auth), 403, "mitra_deactivated")
+        r = await inst.client.get("/api/mitra/offers", headers=auth)
         assert_error(r, 403, "account_deactivated")
     for refresh_token in (mitra.refresh_token, second.json()["refresh_token"]):
         r = await inst.client.post("/api/auth/refresh", json={"refresh_token": refresh_token})

@@ -332,7 +332,7 @@ def _hs512(claims: dict[str, Any]) -> str:
 
 FORGERIES: dict[str, Any] = {
     "other_secret": lambda p: jwt.encode(_claims(p), "another-secret-0123456789abcdefghijk"),
-    "alg_none": lambda p: jwt.encode(_claims(p), None, algorithm="none"),
+    "alg_none": lambda p: jwt.encode(_claims(p), "", algorithm="none"),  # no key: ""
     "hs512_same_secret": lambda p: _hs512(_claims(p)),
     "role_escalated": lambda p: jwt.encode(_claims(p, role="admin"), "x" * 40),
     "unknown_role": lambda p: jwt.encode(_claims(p, role="root"), TEST_JWT_SECRET),

@@ -80,9 +80,12 @@ async def test_deactivation_closes_every_socket_of_the_mitra_and_refuses_reconne
         async with connect(live.ws_url(mitra.token), open_timeout=10) as ws:
             code, reason = await closed_with(ws, within=5.0)
             assert (code, reason.split(":")[0]) == (POLICY_VIOLATION, "account_deactivated")
-        r = await live.client.get("/api/mitra/status", headers=mitra.headers)
+        r = await live.client.get("/api/mitra/offers", headers=mitra.headers)
         assert r.status_code == 403, r.text
         assert r.json()["error"] == "account_deactivated"
+        r = await live.client.get("/api/mitra/status", headers=mitra.headers)
+        assert r.status_code == 403, r.text
+        assert r.json()["error"] == "mitra_deactivated"  # the status routes' word (SPEC §4)
 
 
 async def test_the_recheck_ends_sockets_of_logins_revoked_without_a_push(

@@ -79,7 +79,7 @@ async def test_admin_deactivation_mirrors_the_set_takes_offline_and_revokes_logi
         == 0
     )
     r = await inst.client.get("/api/mitra/status", headers=mitra.headers)
-    assert (r.status_code, r.json()["error"]) == (403, "account_deactivated")
+    assert (r.status_code, r.json()["error"]) == (403, "mitra_deactivated")
 
     r = await inst.client.patch(
         f"/api/admin/mitras/{mitra.id}", json={"is_active": True}, headers=admin.headers

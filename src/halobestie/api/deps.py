@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ..auth.queries import require_live_session
 from ..auth.tokens import Principal
 from ..context import Context
+from ..errors import AccountDeactivated, Forbidden, MitraDeactivated
 from .auth import principal_from_header
 
 
@@ -35,9 +36,12 @@ NowDep = Annotated[datetime, Depends(get_now)]
 BEARER = HTTPBearer(auto_error=False, scheme_name="bearer")
 
 
-def require(*roles: str, live: bool = True) -> Callable[..., Awaitable[Principal]]:
+def require(
+    *roles: str, live: bool = True, deactivated: type[Forbidden] = AccountDeactivated
+) -> Callable[..., Awaitable[Principal]]:
     """A dependency checking the token (and, when `live`, that its auth session is not
-    revoked, which costs one Postgres lookup)."""
+    revoked, which costs one Postgres lookup; a login ended by a deactivation raises
+    `deactivated`)."""
 
     async def dependency(
         ctx: CtxDep,
@@ -47,7 +51,7 @@ def require(*roles: str, live: bool = True) -> Callable[..., Awaitable[Principal
     ) -> Principal:
         principal = principal_from_header(ctx, authorization, now, roles)
         if live:
-            await require_live_session(ctx, principal)
+            await require_live_session(ctx, principal, deactivated=deactivated)
         return principal
 
     return dependency
@@ -56,5 +60,8 @@ def require(*roles: str, live: bool = True) -> Callable[..., Awaitable[Principal
 AnyUser = Annotated[Principal, Depends(require("customer", "mitra", "admin"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
 Mitra = Annotated[Principal, Depends(require("mitra"))]
+# The mitra's own status routes (online, offline, status): a deactivated mitra is told
+# 403 `mitra_deactivated` there, as SPEC §4 words it and as the heartbeat answers.
+MitraStatusUser = Annotated[Principal, Depends(require("mitra", deactivated=MitraDeactivated))]
 # Per-mitra availability must keep answering while Postgres is down: token only.
 CustomerToken = Annotated[Principal, Depends(require("customer", live=False))]

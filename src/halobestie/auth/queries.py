@@ -7,7 +7,7 @@ from typing import Any
 from uuid import UUID
 
 from ..context import Context
-from ..errors import AccountDeactivated, InvalidToken
+from ..errors import AccountDeactivated, Forbidden, InvalidToken
 from .tokens import Principal
 
 
@@ -36,12 +36,19 @@ async def get_user(ctx: Context, user_id: UUID) -> User | None:
     return User(**dict(row)) if row else None
 
 
-async def require_live_session(ctx: Context, principal: Principal) -> None:
+async def require_live_session(
+    ctx: Context,
+    principal: Principal,
+    *,
+    deactivated: type[Forbidden] = AccountDeactivated,
+) -> None:
     """Logout and deactivation revoke auth sessions; every endpoint that talks to
-    Postgres anyway refuses their access tokens at once: AccountDeactivated (403
-    `account_deactivated`, as login and refresh answer) for an ended login of a mitra that
-    is deactivated, InvalidToken (401) for any other ended or unknown login. (The hot path
-    does not: see docs/subsystems/auth.md for that bounded window.)"""
+    Postgres anyway refuses their access tokens at once: `deactivated` (403; by default
+    AccountDeactivated, `account_deactivated`, as login and refresh answer; the mitra's
+    status routes pass MitraDeactivated, the word SPEC §4 gives them and the heartbeat)
+    for an ended login of a mitra that is deactivated, InvalidToken (401) for any other
+    ended or unknown login. (The hot path does not: see docs/subsystems/auth.md for that
+    bounded window.)"""
     async with ctx.db.connection() as conn:
         row = await conn.fetchrow(
             "SELECT s.revoked_at IS NULL AS live, s.revoked_reason, m.is_active"
@@ -54,7 +61,7 @@ async def require_live_session(ctx: Context, principal: Principal) -> None:
         return
     # A mitra reactivated since is told to log in again, which now works.
     if row is not None and row["is_active"] is False:
-        raise AccountDeactivated("this mitra account is deactivated; contact an admin")
+        raise deactivated("this mitra account is deactivated; contact an admin")
     if row is not None and row["revoked_reason"] == "logout":
         raise InvalidToken("this login was logged out; log in again")
     raise InvalidToken("this login was ended; log in again")
