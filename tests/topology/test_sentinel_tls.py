@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.topology, pytest.mark.timeout(120)]
 
 # Valkey's and each Sentinel's timeout: a TLS handshake starved on a loaded box must not
 # read as an unreachable Sentinel where a working TLS path is tested.
-OPERATION_TIMEOUT = 3
+OPERATION_TIMEOUT = 5
 
 
 @pytest.fixture(scope="module")

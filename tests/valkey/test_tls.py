@@ -48,7 +48,7 @@ pytestmark = pytest.mark.timeout(120)
 PASSWORD = "tls-secret-" + uuid4().hex[:12]
 # Valkey's timeout, generous: a TLS handshake (client and proxy both in Python) starved on
 # a loaded 2-core box must not read as an outage where a working TLS path is tested.
-OPERATION_TIMEOUT = 3
+OPERATION_TIMEOUT = 5
 READY_BOUND = 15.0  # seconds for /readyz and the beacon to say what is expected
 
 
