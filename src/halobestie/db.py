@@ -311,6 +311,11 @@ class Database:
             self._pool = None
 
     @property
+    def saturated(self) -> bool:
+        """Whether every pooled connection is taken (a caller now waits for a free one)."""
+        return self._slots.locked()
+
+    @property
     def pool(self) -> asyncpg.Pool:
         if self._pool is None:
             raise DatabaseUnavailable("the database pool is not open")

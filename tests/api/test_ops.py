@@ -26,6 +26,15 @@ async def test_readyz_reports_both_stores_ok_once_seeded(inst: Instance) -> None
     assert r.json() == {"postgres": "ok", "valkey": "ok"}
 
 
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+async def test_probes_answer_head_like_get_without_a_body(inst: Instance, path: str) -> None:
+    """Some load balancers probe with HEAD."""
+    r = await inst.client.head(path)
+    assert r.status_code == 200, r.text
+    assert r.content == b""
+    assert r.headers["content-type"] == "application/json"
+
+
 @pytest.mark.parametrize("line", REQUIRED_SERIES)
 async def test_metrics_expose_the_contract_series_from_the_start(inst: Instance, line: str) -> None:
     r = await inst.client.get("/metrics")

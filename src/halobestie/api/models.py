@@ -193,7 +193,10 @@ class Liveness(BaseModel):
 
 
 class Readiness(BaseModel):
-    postgres: str = Field(description="ok, unavailable or database_busy")
+    postgres: str = Field(
+        description="ok; else why not: unavailable, or a busy pool's overloaded /"
+        " statement_timeout / lock_timeout / conflict_retry"
+    )
     valkey: Literal["ok", "degraded"]
 
 
