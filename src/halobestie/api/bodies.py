@@ -8,6 +8,7 @@ the database as a 5xx (tests/api/test_unstorable_text.py checks every body model
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, EmailStr, Field, StringConstraints
@@ -41,10 +42,64 @@ def refuse_unstorable(value: object) -> object:
 Storable = BeforeValidator(refuse_unstorable)
 Text = Annotated[str, Storable]
 
-Email = Annotated[EmailStr, Field(max_length=254), Storable]
+# Characters a name may not hold: controls (Cc: tabs, newlines, escapes), format
+# characters (Cf: bidi overrides such as U+202E that reverse what follows, zero-width
+# spaces and joiners, U+FEFF), private use (Co: renders as anything or nothing) and
+# surrogates (Cs). Letters of every script, marks, emoji and spaces pass.
+_NOT_IN_NAMES = frozenset({"Cc", "Cf", "Co", "Cs"})
+# Letters that render as blank space (Hangul fillers, the blank Braille pattern): a
+# name of them alone looks empty, like one of spaces.
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def _visible(char: str) -> bool:
+    """A letter, digit, punctuation or symbol that draws something; not a space, and not
+    a combining mark, which draws only on the character before it."""
+    return unicodedata.category(char)[0] in "LNPS" and char not in _BLANK_LETTERS
+
+
+def refuse_invisible(value: object) -> object:
+    """Raises a validation error for a str holding a character of category Cc, Cf, Co or Cs
+    (type `unprintable_text`, naming it as U+XXXX), or none a reader can see (type
+    `invisible_text`); any other value passes unchanged. A before-validator like
+    `refuse_unstorable`, placed before it in an Annotated so that one runs first."""
+    if not isinstance(value, str):
+        return value
+    for char in value:
+        if unicodedata.category(char) in _NOT_IN_NAMES:
+            raise PydanticCustomError(
+                "unprintable_text",
+                "contains {char} ({category}); control, format (bidi, zero-width),"
+                " private-use and surrogate characters are refused",
+                {"char": f"U+{ord(char):04X}", "category": unicodedata.category(char)},
+            )
+    if value and not any(_visible(char) for char in value):
+        raise PydanticCustomError(
+            "invisible_text", "must contain at least one visible character", {}
+        )
+    return value
+
+
+def nfkc(value: object) -> object:
+    """A str in Unicode NFKC (compatibility forms folded: full-width `a` U+FF41 is `a`,
+    the ligature U+FB01 is `fi`); any other value unchanged. For emails: one address typed two
+    ways is one account. Runs after `refuse_unstorable` (placed before it)."""
+    return unicodedata.normalize("NFKC", value) if isinstance(value, str) else value
+
+
+Printable = BeforeValidator(refuse_invisible)
+Nfkc = BeforeValidator(nfkc)
+
+# NFKC before the syntax check and the lowercasing (`lower(email)` in register's unique
+# index and login's lookup), on both: `ax@ex.com` typed with a full-width
+# `a` (U+FF41) is `ax@ex.com`, at sign-up and at login.
+Email = Annotated[EmailStr, Field(max_length=254), Nfkc, Storable]
 Password = Annotated[str, StringConstraints(min_length=8, max_length=128), Storable]
 DisplayName = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80), Storable
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=80),
+    Printable,
+    Storable,
 ]
 
 
@@ -62,7 +117,7 @@ class LoginBody(Strict):
     # Trimmed like registration's EmailStr trims it: " a@example.com " registers
     # a@example.com, and the same text must log in to it.
     email: Annotated[
-        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=254), Storable
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=254), Nfkc, Storable
     ]
     password: Annotated[str, StringConstraints(min_length=1, max_length=128), Storable]
 
