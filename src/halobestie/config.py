@@ -148,6 +148,12 @@ class Settings(DatabaseSettings):
         default=(300, 60), alias="SESSION_WARNING_SECONDS"
     )
 
+    # The longest a chat session may last in all, booking plus extensions (ends_at -
+    # started_at): an extension past it is refused. 480 = the longest booking (240) plus
+    # one longest extension (240); at most a week.
+    session_max_total_minutes: int = Field(
+        default=480, ge=1, le=10080, alias="SESSION_MAX_TOTAL_MINUTES"
+    )
     mitra_auto_offline_sweep_seconds: Seconds = Field(
         default=30, alias="MITRA_AUTO_OFFLINE_SWEEP_SECONDS"
     )

@@ -157,3 +157,16 @@ class PaymentReferenceReused(Conflict):
     """A payment reference already recorded for another chat session."""
 
     code = "payment_reference_reused"
+
+
+class SessionTooLong(Conflict):
+    """An extension would make a chat session last longer than SESSION_MAX_TOTAL_MINUTES."""
+
+    code = "session_too_long"
+
+
+class IdempotencyKeyReused(InvalidRequest):
+    """An Idempotency-Key already used for another request (other fields) on the same
+    resource: not a retry, refused rather than answered with the first one's result."""
+
+    code = "idempotency_key_reused"

@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .errors import error_response
 
 ALLOW_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
-ALLOW_HEADERS = ("Authorization", "Content-Type")
+ALLOW_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key")
 EXPOSE_HEADERS = ("Retry-After", "WWW-Authenticate")
 MAX_AGE_SECONDS = 600  # how long a browser may reuse a preflight's answer
 PREFLIGHT_REFUSED = "cors_preflight_refused"

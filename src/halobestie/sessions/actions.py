@@ -12,7 +12,6 @@ import asyncpg
 from ..aftercommit import AfterCommit, run_after_commit
 from ..auth.tokens import Principal
 from ..availability.load import record_session_change
-from ..clock import iso
 from ..concepts import OPEN_SESSION_STATUSES, open_session
 from ..context import Context
 from ..errors import InvalidState, PaymentReferenceReused
@@ -173,42 +172,6 @@ async def do_pay_session(
             await arm_warnings(ctx, conn, session_id, ends_at, now)
             effects.append(session_changed(ctx, [row]))
             await record_effects(conn, now, effects)
-    await run_after_commit(ctx, effects)
-    return row
-
-
-async def do_extend_session(
-    ctx: Context, *, session_id: UUID, principal: Principal, minutes: int, now: datetime
-) -> ChatSession:
-    """The customer buys `minutes` more: `ends_at` moves (`duration_minutes` stays the
-    booked length) and the expiry and warning timers with it. Only an active session not run out."""
-    async with ctx.db.transaction() as conn:
-        row = await lock_as_party(conn, session_id, principal)
-        if row.status != "active":
-            raise InvalidState(
-                f"chat session {session_id} is {row.status}; only an active session can be extended"
-            )
-        if row.ends_at is None or row.ends_at <= now:
-            raise InvalidState(f"chat session {session_id} has run out; it cannot be extended")
-        ends_at = row.ends_at + timedelta(minutes=minutes)
-        extended = await conn.fetchrow(
-            f"""
-            UPDATE chat_sessions SET ends_at = $2, updated_at = $3
-            WHERE id = $1 RETURNING {SESSION_COLUMNS}
-            """,  # noqa: S608
-            session_id,
-            ends_at,
-            now,
-        )
-        row = ChatSession.from_written(extended)
-        await record_event(
-            conn, session_id, "active", "active", principal.user_id, "customer",
-            f"extended by {minutes} minutes to {iso(ends_at)}", now,
-        )  # fmt: skip
-        await schedule_timer(conn, "session_expiry", session_id, ends_at)
-        await arm_warnings(ctx, conn, session_id, ends_at, now)  # SPEC §7: they move too
-        effects: list[AfterCommit] = [session_changed(ctx, [row])]
-        await record_effects(conn, now, effects)
     await run_after_commit(ctx, effects)
     return row
 
