@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -275,3 +276,21 @@ async def test_admin_endpoints_refuse_customers_and_mitras(
     # Nothing happened on the caller's behalf.
     assert await pg.fetchval("SELECT count(*) FROM mitras") == 1
     assert await pg.fetchval("SELECT bool_and(is_active) FROM mitras") is True
+
+
+async def test_each_of_two_racing_patches_answers_the_state_its_own_change_left(
+    inst: Instance, pg: asyncpg.Connection
+) -> None:
+    """Two admins set opposite states at once: whichever commits last wins in Postgres,
+    and each answer shows the mitra as its own change left it, never the other's."""
+    admin = await make_user(inst.ctx, "admin")
+    mitra = await make_user(inst.ctx, "mitra")
+    for _ in range(8):
+        off, on = await asyncio.gather(
+            set_active(inst, admin, mitra.id, False), set_active(inst, admin, mitra.id, True)
+        )
+        assert off.status_code == 200 and on.status_code == 200, (off.text, on.text)
+        assert off.json()["mitra"]["is_active"] is False, off.text
+        assert on.json()["mitra"]["is_active"] is True, on.text
+        final = await pg.fetchval("SELECT is_active FROM mitras WHERE id = $1", mitra.id)
+        assert final in (True, False)

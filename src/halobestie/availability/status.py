@@ -7,6 +7,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import asyncpg
+
 from ..clock import iso, parse_iso
 from ..concepts import open_session
 from ..context import Context
@@ -50,8 +52,15 @@ def _view(row: Any) -> MitraView:
 
 
 async def get_mitra_view(ctx: Context, mitra_id: UUID) -> MitraView:
+    """The mitra as Postgres has it now. NotFound for an unknown mitra."""
     async with ctx.db.connection() as conn:
-        row = await conn.fetchrow(VIEW_SQL + " WHERE m.id = $1", mitra_id)
+        return await read_mitra_view(conn, mitra_id)
+
+
+async def read_mitra_view(conn: asyncpg.Connection, mitra_id: UUID) -> MitraView:
+    """The mitra as `conn` sees it: inside a transaction that changed the mitra, its own
+    change (an admin's answer reflects their write, not a racing one). NotFound."""
+    row = await conn.fetchrow(VIEW_SQL + " WHERE m.id = $1", mitra_id)
     if row is None:
         raise NotFound(f"no mitra with id {mitra_id}")
     return _view(row)

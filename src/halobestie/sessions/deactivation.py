@@ -12,7 +12,7 @@ import asyncpg
 
 from ..aftercommit import run_after_commit
 from ..auth.sockets import end_sockets
-from ..availability.status import MitraView, get_mitra_view
+from ..availability.status import MitraView, read_mitra_view
 from ..availability.sync import mirror_mitras
 from ..concepts import OPEN_SESSION_STATUSES
 from ..context import Context
@@ -89,21 +89,25 @@ async def do_set_mitra_active(
     (503) if accepts kept adding sessions through DEACTIVATION_ATTEMPTS attempts."""
     closed: list[ChatSession] = []
     changed: Announce | None = None
+    # The answer is the mitra as this change left it, read in its transaction (the row
+    # lock held): an admin racing another one sees their own write, not the other's.
     if active:
-        async with ctx.db.connection() as conn:
+        async with ctx.db.transaction() as conn:
             updated = await conn.fetchval(
                 "UPDATE mitras SET is_active = true, status_changed_at = $2 "
                 "WHERE id = $1 RETURNING id",
                 mitra_id,
                 now,
             )
-        if updated is None:
-            raise NotFound(f"no mitra with id {mitra_id}")
+            if updated is None:
+                raise NotFound(f"no mitra with id {mitra_id}")
+            view = await read_mitra_view(conn, mitra_id)
     else:
         for _ in range(DEACTIVATION_ATTEMPTS):
             try:
                 async with ctx.db.transaction() as conn:
                     closed = await _deactivate(conn, mitra_id, actor_id, now)
+                    view = await read_mitra_view(conn, mitra_id)
                     if closed:  # session.updated recorded with the change (events/log.py)
                         changed = session_changed(ctx, closed)
                         await record_effects(conn, now, [changed])
@@ -118,4 +122,4 @@ async def do_set_mitra_active(
     if not active:  # every socket of the mitra closes, 1008 `account_deactivated`
         effects.insert(0, end_sockets(ctx, mitra_id, None, DEACTIVATION_REASON))
     await run_after_commit(ctx, effects)
-    return await get_mitra_view(ctx, mitra_id)
+    return view
