@@ -6,6 +6,7 @@ fails at startup with pydantic's message, which names the variable.
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from urllib.parse import parse_qsl, urlsplit
 
@@ -176,6 +177,24 @@ class Settings(DatabaseSettings):
     # for all of them): the bound on a logout or deactivation reaching a socket on another
     # instance while Valkey pub/sub is down.
     ws_login_recheck_seconds: Seconds = Field(default=5.0, alias="WS_LOGIN_RECHECK_SECONDS")
+    # Open /ws sockets per user on one instance; the one past it closes that user's oldest
+    # (1008 `too_many_sockets`). A real client holds a few (tabs, devices): this bounds
+    # what one token can pin in memory (~85 KB a socket).
+    ws_max_sockets_per_user: PositiveInt = Field(
+        default=10, alias="WS_MAX_SOCKETS_PER_USER", le=1000
+    )
+    # Password hashes (argon2, ~50 ms of CPU each, in worker threads) run at once per
+    # instance; as many more may wait, beyond that 503 `overloaded`. Unset: the CPU count.
+    # At most 32: asyncio.to_thread's pool has min(32, CPUs + 4) threads.
+    login_max_concurrent_hashes: PositiveInt | None = Field(
+        default=None, alias="LOGIN_MAX_CONCURRENT_HASHES", le=32
+    )
+    # Failed logins per email per fixed window (a Valkey counter); past it every login
+    # for that email gets 429 `too_many_attempts` until the window ends.
+    login_failure_limit: PositiveInt = Field(default=10, alias="LOGIN_FAILURE_LIMIT", le=10_000)
+    login_failure_window_seconds: Seconds = Field(
+        default=300.0, alias="LOGIN_FAILURE_WINDOW_SECONDS", le=86_400
+    )
     # How long the event log keeps each user's events (SPEC §6): a socket reconnecting with
     # `since` older than this is told to resync; the retention sweep deletes older events.
     event_retention_seconds: Seconds = Field(default=86400.0, alias="EVENT_RETENTION_SECONDS")
@@ -371,6 +390,12 @@ class Settings(DatabaseSettings):
         stalled process, or an event loop starved for that long, reaches it."""
         value = self.database_idle_in_transaction_timeout_seconds
         return value if value is not None else 0.4 * self.database_timeout_seconds
+
+    @property
+    def hash_concurrency(self) -> int:
+        """LOGIN_MAX_CONCURRENT_HASHES, or this machine's CPU count (at most 32)."""
+        value = self.login_max_concurrent_hashes
+        return value if value is not None else min(32, os.cpu_count() or 1)
 
     @property
     def is_dev(self) -> bool:

@@ -119,6 +119,30 @@ class ConflictRetry(DatabaseBusy):
     code = "conflict_retry"
 
 
+class HashingOverloaded(ServiceUnavailable):
+    """Every password-hashing slot of this instance is busy and its short queue is full
+    (LOGIN_MAX_CONCURRENT_HASHES): answered at once instead of queued behind the CPU."""
+
+    code = "overloaded"
+
+
+class RateLimited(DomainError):
+    """Too many requests of one kind: refused for `retry_after` seconds (429 + Retry-After)."""
+
+    code = "rate_limited"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = max(1, retry_after)
+
+
+class TooManyAttempts(RateLimited):
+    """LOGIN_FAILURE_LIMIT failed logins for one email within LOGIN_FAILURE_WINDOW_SECONDS:
+    every login for it, right password or not, is refused until the window ends."""
+
+    code = "too_many_attempts"
+
+
 class MirrorUnavailable(Exception):
     """Valkey cannot be trusted right now: callers fall back to Postgres. Never reaches HTTP."""
 

@@ -111,7 +111,9 @@ CLIENT_FRAMES: dict[str, tuple[type[BaseModel] | None, str]] = {
 }
 CLOSE_CODES = {
     1003: "a binary frame",
-    1008: "invalid_token / token_expired / logged_out / account_deactivated (reason says)",
+    1008: "invalid_token / token_expired / logged_out / account_deactivated /"
+    " too_many_sockets (the oldest of a user's sockets past WS_MAX_SOCKETS_PER_USER:"
+    " do not reconnect it) (reason says)",
     1009: "a text frame over 4 KiB",
     1012: "server restart: reconnect",
     1013: "too many unread events, or Postgres unreachable for a replay (events_unavailable):"

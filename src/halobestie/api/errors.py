@@ -27,6 +27,7 @@ STATUS: list[tuple[type[e.DomainError], int]] = [
     (e.AuthError, 401),
     (e.Forbidden, 403),
     (e.Gone, 410),
+    (e.RateLimited, 429),
     (e.ServiceUnavailable, 503),
     (e.ValkeyUnavailable, 503),
 ]
@@ -65,6 +66,8 @@ def domain_error(exc: e.DomainError) -> Described:
     headers = {"WWW-Authenticate": "Bearer"} if bearer else {}
     if status == 503:
         headers["Retry-After"] = "1"
+    if isinstance(exc, e.RateLimited):
+        headers["Retry-After"] = str(exc.retry_after)
     return status, {"error": exc.code, "detail": exc.detail}, headers
 
 

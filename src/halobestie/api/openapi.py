@@ -41,6 +41,7 @@ MEANING = {
     410: "no longer kept (events_expired: refetch the state, then continue from last_seq)",
     413: "body over the size limit (payload_too_large)",
     422: "the request is malformed (invalid_request): detail says what and where",
+    429: "rate limited (too_many_attempts): retry after Retry-After seconds",
     503: "Postgres or Valkey unavailable, or overloaded: retry after Retry-After",
 }
 

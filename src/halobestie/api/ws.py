@@ -35,6 +35,10 @@ reconnects with a fresh one (and `since`). A logout closes that login's sockets,
 deactivation every socket of the mitra, on any instance, with 1008 and `logged_out: ...`
 / `account_deactivated: ...` (auth/sockets.py): the client tells the person and does not
 reconnect with that login.
+A user holds at most WS_MAX_SOCKETS_PER_USER open sockets on one instance: the one past
+it closes that user's oldest with 1008 `too_many_sockets: ...` (events/local_sockets.py),
+never the new one, so an app reconnecting past a half-dead socket is never locked out;
+the closed one's client does not reconnect it.
 
 Each socket has a bounded outbox written by one task: a slow client never slows the
 event bus or other clients; one that falls too far behind is closed (1013) and

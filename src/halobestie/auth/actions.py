@@ -17,6 +17,7 @@ from ..logs import get_logger
 from .passwords import hash_password, verify_password
 from .queries import User
 from .sockets import end_sockets
+from .throttle import count_failure, forget_failures, hashing, refuse_if_throttled
 from .tokens import (
     Principal,
     hash_refresh_token,
@@ -55,11 +56,19 @@ class HasDb(Protocol):
 
 
 async def do_create_user(
-    ctx: HasDb, *, email: str, password: str, display_name: str, role: str
+    ctx: HasDb,
+    *,
+    email: str,
+    password: str,
+    display_name: str,
+    role: str,
+    password_hash: str | None = None,
 ) -> User:
     """Create a user (and its mitras row when role is mitra). EmailTaken on a clash,
-    case-insensitively."""
-    password_hash = await hash_password(password)
+    case-insensitively. `password_hash`: `password` already hashed (registration hashes
+    within its hashing slot, throttle.py)."""
+    if password_hash is None:
+        password_hash = await hash_password(password)
     try:
         async with ctx.db.transaction() as conn:
             row = await conn.fetchrow(
@@ -115,22 +124,38 @@ def _login(ctx: Context, user: User, session_id: UUID, refresh: str, now: dateti
 async def do_register_customer(
     ctx: Context, *, email: str, password: str, display_name: str, now: datetime
 ) -> Login:
+    async with hashing(ctx):  # HashingOverloaded (503) when every slot is taken
+        password_hash = await hash_password(password)
     user = await do_create_user(
-        ctx, email=email, password=password, display_name=display_name, role="customer"
+        ctx,
+        email=email,
+        password=password,
+        display_name=display_name,
+        role="customer",
+        password_hash=password_hash,
     )
     return await do_open_session(ctx, user, now)
 
 
 async def do_login(ctx: Context, *, email: str, password: str, now: datetime) -> Login:
+    """InvalidCredentials (401) for a wrong email or password, AccountDeactivated (403);
+    TooManyAttempts (429) past LOGIN_FAILURE_LIMIT failures for this email, checked before
+    anything else; HashingOverloaded (503) when every hashing slot is taken (throttle.py)."""
+    failures = await refuse_if_throttled(ctx, email)
     async with ctx.db.connection() as conn:
         row = await conn.fetchrow(
             "SELECT id, email, display_name, role, password_hash"
             " FROM users WHERE lower(email) = lower($1)",
             email,
         )
-    ok = await verify_password(row["password_hash"] if row else None, password)
+    async with hashing(ctx):
+        ok = await verify_password(row["password_hash"] if row else None, password)
     if row is None or not ok:
+        # Unknown emails count too: the answer must not tell which emails exist.
+        await count_failure(ctx, email)
         raise InvalidCredentials("email or password is wrong")
+    if failures:
+        await forget_failures(ctx, email)
     user = User(row["id"], row["email"], row["display_name"], row["role"])
     return await do_open_session(ctx, user, now)  # refuses a deactivated mitra
 

@@ -82,6 +82,7 @@ class EventBus(LocalSockets):
         enabled: bool = True,
         db: Database | None = None,
         catch_up_seconds: float = CATCH_UP_SECONDS,
+        max_sockets_per_user: int | None = None,
     ) -> None:
         """`publish_timeout` bounds a PUBLISH (VALKEY_OPERATION_TIMEOUT_SECONDS). The
         subscriber is the domain's probe: losing its link opens the breaker, subscribing
@@ -91,8 +92,8 @@ class EventBus(LocalSockets):
         (VALKEY_MIRROR_ENABLED=false, the design before Valkey that benchmarks measure):
         nothing is published to Valkey. `db`: where the catch-up reads the users' last
         seqs (none: no catch-up), every `catch_up_seconds` and at once whenever the
-        subscriber subscribes again."""
-        super().__init__()
+        subscriber subscribes again. `max_sockets_per_user`: LocalSockets' bound."""
+        super().__init__(max_sockets_per_user)
         self.keys = keys
         self.enabled = enabled
         self.breaker = Breaker("events", metrics.event_bus_errors, retry_after=retry_after)
@@ -342,6 +343,7 @@ def _build(ctx: Context) -> EventBus:
         operation_timeout=max(settings.valkey_operation_timeout_seconds, 1.0),
         enabled=settings.valkey_mirror_enabled,
         db=ctx.db,
+        max_sockets_per_user=settings.ws_max_sockets_per_user,
     )
 
 

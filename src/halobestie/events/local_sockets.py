@@ -11,18 +11,56 @@ from uuid import UUID
 
 from .sockets import Endable, Sequenced, Socket
 
+# The close reason of a socket ended because its user opened one more than the bound.
+TOO_MANY_SOCKETS = "too_many_sockets"
+
 
 class LocalSockets:
-    def __init__(self) -> None:
-        self._sockets: dict[str, set[Socket]] = defaultdict(set)
+    def __init__(self, max_per_user: int | None = None) -> None:
+        """`max_per_user` (WS_MAX_SOCKETS_PER_USER; None: no bound): attaching one more
+        ends that user's oldest socket on this instance (the bound is per instance)."""
+        # Per user, the sockets in the order they were attached (a dict keeps it), so
+        # the oldest is the first: finding it is O(1) per attach.
+        self._sockets: dict[str, dict[Socket, None]] = defaultdict(dict)
+        self.max_per_user = max_per_user
+        # Sockets already ended for being the oldest, not yet detached by their task.
+        self._evicted: set[Socket] = set()
 
     def attach(self, user_id: UUID, socket: Socket) -> None:
-        self._sockets[str(user_id)].add(socket)
+        sockets = self._sockets[str(user_id)]
+        sockets[socket] = None
+        if self.max_per_user is not None and len(sockets) > self.max_per_user:
+            self._evict_oldest(sockets)
+
+    def _evict_oldest(self, sockets: dict[Socket, None]) -> None:
+        """End the oldest sockets not ended yet until at most `max_per_user` remain open.
+        Ended ones stay listed until their task detaches them (a few ms): skipping them
+        costs at most that many steps. A plain socket (no `end`) is only detached."""
+        assert self.max_per_user is not None
+        excess = len(sockets) - self.max_per_user
+        plain: list[Socket] = []
+        for socket in sockets:  # oldest first
+            if excess <= 0:
+                break
+            excess -= 1
+            if socket in self._evicted:
+                continue
+            if isinstance(socket, Endable):
+                self._evicted.add(socket)
+                socket.end(
+                    f"{TOO_MANY_SOCKETS}: more than {self.max_per_user} open sockets for"
+                    " this user; this, the oldest, was closed"
+                )
+            else:
+                plain.append(socket)
+        for socket in plain:
+            del sockets[socket]
 
     def detach(self, user_id: UUID, socket: Socket) -> None:
+        self._evicted.discard(socket)
         sockets = self._sockets.get(str(user_id))
         if sockets is not None:
-            sockets.discard(socket)
+            sockets.pop(socket, None)
             if not sockets:
                 del self._sockets[str(user_id)]
 

@@ -9,6 +9,7 @@ hash to one slot and the scripts and the seed's swap, which touch several, run t
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -28,6 +29,8 @@ SNAPSHOT_LAST = "availability:snapshot:last"
 SEED_TMP = "mitras:seed-tmp:"
 SEEDED = "availability:seeded"
 EVENTS = "events:users"
+# Not in the contract table: the failed-login counter of one email (auth/throttle.py).
+LOGIN_FAILURES = "auth:login-failures:"
 
 
 @dataclass(frozen=True)
@@ -90,3 +93,10 @@ class Keys:
     def events(self) -> str:
         """The pub/sub channel carrying user events between instances."""
         return self.prefix + EVENTS
+
+    def login_failures(self, email: str) -> str:
+        """The failed-login counter of `email` (any case): a string holding an integer,
+        with the window's TTL. Named by the first 32 hex digits of the SHA-256 of the
+        lower-cased email, so Valkey never holds the address itself."""
+        digest = hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
+        return f"{self.prefix}{LOGIN_FAILURES}{digest}"

@@ -5,7 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from ...auth import actions
-from ...errors import AccountDeactivated, EmailTaken, InvalidCredentials, InvalidToken
+from ...errors import (
+    AccountDeactivated,
+    EmailTaken,
+    HashingOverloaded,
+    InvalidCredentials,
+    InvalidToken,
+    TooManyAttempts,
+)
 from ..bodies import LoginBody, RefreshBody, RegisterBody
 from ..deps import AnyUser, CtxDep, NowDep
 from ..models import LoginOut
@@ -14,7 +21,7 @@ from ..openapi import documented
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
 
-@router.post("/register", status_code=201, responses=documented(EmailTaken))
+@router.post("/register", status_code=201, responses=documented(EmailTaken, HashingOverloaded))
 async def register(body: RegisterBody, ctx: CtxDep, now: NowDep) -> LoginOut:
     login = await actions.do_register_customer(
         ctx, email=body.email, password=body.password, display_name=body.display_name, now=now
@@ -22,7 +29,12 @@ async def register(body: RegisterBody, ctx: CtxDep, now: NowDep) -> LoginOut:
     return LoginOut.model_validate(login.public())
 
 
-@router.post("/login", responses=documented(InvalidCredentials, AccountDeactivated))
+@router.post(
+    "/login",
+    responses=documented(
+        InvalidCredentials, AccountDeactivated, TooManyAttempts, HashingOverloaded
+    ),
+)
 async def login(body: LoginBody, ctx: CtxDep, now: NowDep) -> LoginOut:
     result = await actions.do_login(ctx, email=body.email, password=body.password, now=now)
     return LoginOut.model_validate(result.public())
