@@ -58,7 +58,10 @@ async def test_a_full_width_registration_is_stored_folded(inst: Instance) -> Non
     [
         ("Ana\u202eevil", "U+202E"),  # right-to-left override
         ("\u200b\u200b", "U+200B"),  # zero-width spaces only
-        ("\u200d", "U+200D"),  # zero-width joiner
+        ("\u200d", "U+200D"),  # zero-width joiner alone
+        ("Ana\u200d", "U+200D"),  # a joiner at an edge joins nothing
+        ("Ana\u200c\u200cB", "U+200C"),  # doubled
+        ("Ana \u200dB", "U+200D"),  # beside a space
         ("Ana\u2066x", "U+2066"),  # bidi isolate
         ("\ufeffAna", "U+FEFF"),  # byte-order mark
         ("Ana\x07", "U+0007"),  # bell
@@ -89,7 +92,19 @@ async def test_display_names_refuse_invisible_and_control_characters(
 
 
 @pytest.mark.parametrize(
-    "name", ["Ana Banana", "  Zoë  ", "李小龍", "أحمد", "Ana 😀", "Ana\u0301", "O'Brien-Smith"]
+    "name",
+    [
+        "Ana Banana",
+        "  Zoë  ",
+        "李小龍",
+        "أحمد",
+        "Ana 😀",
+        "Ana\u0301",
+        "O'Brien-Smith",
+        "Priya \U0001f469\u200d\U0001f4bb",  # an emoji ZWJ sequence (woman technologist)
+        "\u0915\u094d\u200d\u0937",  # Devanagari with ZWJ (a half-form conjunct)
+        "\u0d28\u0d4d\u200c\u0d2e",  # Malayalam with ZWNJ between two letters
+    ],
 )
 async def test_display_names_of_any_script_pass(inst: Instance, name: str) -> None:
     body = {"email": "script@example.com", "password": "password123", "display_name": name}

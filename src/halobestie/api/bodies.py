@@ -47,6 +47,20 @@ Text = Annotated[str, Storable]
 # spaces and joiners, U+FEFF), private use (Co: renders as anything or nothing) and
 # surrogates (Cs). Letters of every script, marks, emoji and spaces pass.
 _NOT_IN_NAMES = frozenset({"Cc", "Cf", "Co", "Cs"})
+# Except the two joiner controls (ZWNJ U+200C, ZWJ U+200D) between two characters that
+# are neither spaces nor format characters: Indic scripts need them to spell names
+# (Devanagari, Bengali, Malayalam conjuncts), and emoji sequences join with ZWJ (as in
+# UTS #31's contexts for them). Alone, doubled or at an edge they only hide text.
+_JOINERS = frozenset("\u200c\u200d")
+
+
+def _joins(value: str, at: int) -> bool:
+    """Whether value[at], a joiner, sits between two characters it may join."""
+    if not 0 < at < len(value) - 1:
+        return False
+    return all(unicodedata.category(value[at + side])[0] not in "ZC" for side in (-1, 1))
+
+
 # Letters that render as blank space (Hangul fillers, the blank Braille pattern): a
 # name of them alone looks empty, like one of spaces.
 _BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
@@ -60,12 +74,15 @@ def _visible(char: str) -> bool:
 
 def refuse_invisible(value: object) -> object:
     """Raises a validation error for a str holding a character of category Cc, Cf, Co or Cs
-    (type `unprintable_text`, naming it as U+XXXX), or none a reader can see (type
+    (a joiner between two characters aside: see _JOINERS) (type `unprintable_text`,
+    naming it as U+XXXX), or none a reader can see (type
     `invisible_text`); any other value passes unchanged. A before-validator like
     `refuse_unstorable`, placed before it in an Annotated so that one runs first."""
     if not isinstance(value, str):
         return value
-    for char in value:
+    for at, char in enumerate(value):
+        if char in _JOINERS and _joins(value, at):
+            continue
         if unicodedata.category(char) in _NOT_IN_NAMES:
             raise PydanticCustomError(
                 "unprintable_text",
