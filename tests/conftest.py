@@ -104,6 +104,25 @@ def settings_for(**overrides: Any) -> Settings:
     return load_settings(**values)
 
 
+# Apps on the shared test Valkey get this Valkey timeout instead of settings_for's 0.3 s.
+# No test faults that server (cuts and black holes go through a FaultProxy, freezes hit
+# servers of their own), so a timeout there is only ever a loaded box starving the event
+# loop: 0.3 s of that sent a batched heartbeat to the Postgres fallback and lost a
+# cross-instance PUBLISH in runs under load. An app given a VALKEY_URL of its own (a
+# proxy, a cluster, a dead port) keeps the 0.3 s, which its fault tests rely on.
+DIRECT_VALKEY_TIMEOUT_SECONDS = 2.0
+
+
+def on_test_servers(servers: Servers, overrides: dict[str, Any]) -> dict[str, Any]:
+    """`overrides` for an app of the tests: the test servers' URLs unless given, and
+    DIRECT_VALKEY_TIMEOUT_SECONDS unless given or VALKEY_URL is another server's."""
+    overrides = {"DATABASE_URL": servers.database_url, **overrides}
+    if "VALKEY_URL" not in overrides:
+        overrides["VALKEY_URL"] = servers.valkey_url
+        overrides.setdefault("VALKEY_OPERATION_TIMEOUT_SECONDS", DIRECT_VALKEY_TIMEOUT_SECONDS)
+    return overrides
+
+
 @dataclass
 class Instance:
     """One running app: its HTTP client, its engine context, its clock."""
@@ -125,9 +144,7 @@ def make_app(clean: Servers) -> AppFactory:
     async def factory(
         clock: ManualClock | None = None, **overrides: Any
     ) -> AsyncIterator[Instance]:
-        overrides.setdefault("DATABASE_URL", clean.database_url)
-        overrides.setdefault("VALKEY_URL", clean.valkey_url)
-        settings = settings_for(**overrides)
+        settings = settings_for(**on_test_servers(clean, overrides))
         clock = clock or ManualClock()
         app = create_app(settings, clock=clock)
         async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30):

@@ -21,7 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from halobestie.api.app import create_app
 from halobestie.clock import Clock, ManualClock
 from halobestie.context import Context
-from tests.conftest import Servers, eventually, settings_for
+from tests.conftest import Servers, eventually, on_test_servers, settings_for
 
 
 class _Server(uvicorn.Server):
@@ -93,10 +93,8 @@ def live_app_fixture(clean: Servers) -> LiveFactory:
 
     @asynccontextmanager
     async def factory(clock: Clock | None = None, **overrides: Any) -> AsyncIterator[Live]:
-        overrides.setdefault("DATABASE_URL", clean.database_url)
-        overrides.setdefault("VALKEY_URL", clean.valkey_url)
         clock = clock or ManualClock()
-        app = create_app(settings_for(**overrides), clock=clock)
+        app = create_app(settings_for(**on_test_servers(clean, overrides)), clock=clock)
         async with serve(app, clock) as live:
             yield live
 
