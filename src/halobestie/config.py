@@ -184,7 +184,8 @@ class Settings(DatabaseSettings):
         default=10, alias="WS_MAX_SOCKETS_PER_USER", le=1000
     )
     # Password hashes (argon2, ~50 ms of CPU each, in worker threads) run at once per
-    # instance; as many more may wait, beyond that 503 `overloaded`. Unset: the CPU count.
+    # instance; 4 times as many (at least 8) may wait, beyond that 503 `overloaded`
+    # (auth/throttle.py). Unset: the CPU count.
     # At most 32: asyncio.to_thread's pool has min(32, CPUs + 4) threads.
     login_max_concurrent_hashes: PositiveInt | None = Field(
         default=None, alias="LOGIN_MAX_CONCURRENT_HASHES", le=32
