@@ -23,6 +23,8 @@ from halobestie.clock import Clock, ManualClock
 from halobestie.context import Context
 from tests.conftest import Servers, eventually, on_test_servers, settings_for
 
+CLIENT_TIMEOUT = 30.0  # seconds: a Live's HTTP client
+
 
 class _Server(uvicorn.Server):
     """uvicorn without its signal handlers: several run in one test process."""
@@ -76,7 +78,11 @@ async def serve(app: FastAPI, clock: Clock) -> AsyncIterator[Live]:
             if task.done():
                 task.result()  # startup failed: raise why
                 raise AssertionError("uvicorn stopped during startup")
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            # Not httpx's default 5 s: a run far more loaded than CI (tracemalloc on) had
+            # a request to a cut Postgres answer its 503 past it. The test's own timeout
+            # still bounds a hang.
+            base_url = f"http://127.0.0.1:{port}"
+            async with httpx.AsyncClient(base_url=base_url, timeout=CLIENT_TIMEOUT) as client:
                 yield Live(app, port, client, clock)
         finally:
             server.should_exit = True
