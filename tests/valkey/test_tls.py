@@ -187,6 +187,24 @@ def degraded_line(app: ServeProcess) -> str:
     return lines[0]
 
 
+async def degraded_start(
+    clean: Servers, pg: asyncpg.Connection, tmp_path: Path, name: str, url: str
+) -> str:
+    """A `halobestie serve` on `url` that cannot reach Valkey: it serves right from
+    Postgres; returns its one `starting_degraded` log line."""
+    admin, mitras, _ = await make_users(pg, 1, 0)
+    async with (
+        serve_process(
+            clean, tmp_path, name, VALKEY_URL=url,
+            VALKEY_OPERATION_TIMEOUT_SECONDS=str(OPERATION_TIMEOUT),
+        ) as app,
+        httpx.AsyncClient(timeout=CLIENT_TIMEOUT) as http,
+    ):  # fmt: skip
+        await app.wait_serving()
+        await serves_from_postgres(http, app, admin, mitras[0])
+    return degraded_line(app)
+
+
 async def test_a_ca_that_did_not_sign_the_certificate_starts_on_postgres_saying_so(
     clean: Servers,
     pg: asyncpg.Connection,
@@ -194,21 +212,8 @@ async def test_a_ca_that_did_not_sign_the_certificate_starts_on_postgres_saying_
     tls_proxy: FaultProxy,
     certs: TestCertificates,
 ) -> None:
-    admin, mitras, _ = await make_users(pg, 1, 0)
     url = url_via(clean, tls_proxy, ca=certs.other_ca_pem, password=PASSWORD)
-    async with (
-        serve_process(
-            clean,
-            tmp_path,
-            "untrusted",
-            VALKEY_URL=url,
-            VALKEY_OPERATION_TIMEOUT_SECONDS=str(OPERATION_TIMEOUT),
-        ) as app,
-        httpx.AsyncClient(timeout=CLIENT_TIMEOUT) as http,
-    ):
-        await app.wait_serving()
-        await serves_from_postgres(http, app, admin, mitras[0])
-    line = degraded_line(app)
+    line = await degraded_start(clean, pg, tmp_path, "untrusted", url)
     assert "TLS certificate was not trusted" in line, line
     assert "certificate verify failed" in line and "ssl_ca_certs" in line, line
 
@@ -216,19 +221,6 @@ async def test_a_ca_that_did_not_sign_the_certificate_starts_on_postgres_saying_
 async def test_a_plaintext_url_to_a_tls_port_starts_on_postgres_saying_so(
     clean: Servers, pg: asyncpg.Connection, tmp_path: Path, tls_proxy: FaultProxy
 ) -> None:
-    admin, mitras, _ = await make_users(pg, 1, 0)
     url = url_via(clean, tls_proxy, scheme="redis", password=PASSWORD)
-    async with (
-        serve_process(
-            clean,
-            tmp_path,
-            "plaintext",
-            VALKEY_URL=url,
-            VALKEY_OPERATION_TIMEOUT_SECONDS=str(OPERATION_TIMEOUT),
-        ) as app,
-        httpx.AsyncClient(timeout=CLIENT_TIMEOUT) as http,
-    ):
-        await app.wait_serving()
-        await serves_from_postgres(http, app, admin, mitras[0])
-    line = degraded_line(app)
+    line = await degraded_start(clean, pg, tmp_path, "plaintext", url)
     assert "closed the connection" in line and "rediss://" in line, line
