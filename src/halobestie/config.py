@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 from pydantic import (
     Field,
@@ -28,7 +28,7 @@ from .settings_types import (
     SentinelAddresses,
     WaitSeconds,
     WarningSeconds,
-    hash_tag,
+    check_valkey_topology,
 )
 
 # Secrets that are fine on a laptop and fatal anywhere else.
@@ -183,8 +183,8 @@ class Settings(DatabaseSettings):
     ws_max_sockets_per_user: PositiveInt = Field(
         default=10, alias="WS_MAX_SOCKETS_PER_USER", le=1000
     )
-    # Password hashes (argon2, ~50 ms of CPU each, in worker threads) run at once per
-    # instance; 4 times as many (at least 8) may wait, beyond that 503 `overloaded`
+    # Password hashes (argon2, ~0.3 s of CPU each here, in worker threads) run at once per
+    # instance; 16 times as many (at least 32) may wait, beyond that 503 `overloaded`
     # (auth/throttle.py). Unset: the CPU count.
     # At most 32: asyncio.to_thread's pool has min(32, CPUs + 4) threads.
     login_max_concurrent_hashes: PositiveInt | None = Field(
@@ -281,67 +281,17 @@ class Settings(DatabaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _check_valkey_host(self) -> Settings:
-        """With Sentinels they name the server (SPEC §8): VALKEY_URL may leave out the host."""
-        if not self.valkey_sentinels and not urlsplit(self.valkey_url).hostname:
-            raise ValueError(
-                "VALKEY_URL must name a host (redis://host:6379/0), unless VALKEY_SENTINELS"
-                " names the Sentinels that know it"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _check_valkey_sentinel_auth(self) -> Settings:
-        """The Sentinels' credentials and TLS mean nothing without Sentinels: set alone,
-        they are a mistake (a password meant for VALKEY_URL?). The secret is never echoed."""
-        given = [
-            name
-            for name, value in (
-                ("VALKEY_SENTINEL_USERNAME", self.valkey_sentinel_username),
-                ("VALKEY_SENTINEL_PASSWORD", self.valkey_sentinel_password),
-                ("VALKEY_SENTINEL_TLS", self.valkey_sentinel_tls),
-            )
-            if value is not None
-        ]
-        if given and not self.valkey_sentinels:
-            raise ValueError(
-                f"{', '.join(given)} set without VALKEY_SENTINELS: they apply to the"
-                " Sentinels only (the primary's password goes in VALKEY_URL)"
-            )
-        if self.valkey_sentinel_username is not None and self.valkey_sentinel_password is None:
-            raise ValueError("VALKEY_SENTINEL_USERNAME needs VALKEY_SENTINEL_PASSWORD")
-        return self
-
-    @model_validator(mode="after")
-    def _check_valkey_tls_options(self) -> Settings:
-        """TLS options (`?ssl_ca_certs=...`) on a plaintext VALKEY_URL are a forgotten `s`
-        (valkey-py would fail each connection with a TypeError): refused, unless
-        VALKEY_SENTINEL_TLS=true, whose Sentinels then use them (the primary ignores them)."""
-        parts = urlsplit(self.valkey_url)
-        options = sorted({k for k, _ in parse_qsl(parts.query) if k.startswith("ssl_")})
-        if options and parts.scheme in ("redis", "valkey") and not self.valkey_sentinel_tls:
-            raise ValueError(
-                f"VALKEY_URL has TLS options ({', '.join(options)}) but starts with"
-                f" {parts.scheme}://: use rediss:// or valkeys:// for TLS"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _check_valkey_cluster(self) -> Settings:
-        """Cluster mode needs every key in one slot: Lua scripts and the seed's swap touch
-        several keys at once, which a cluster allows only within one slot."""
-        if not self.valkey_cluster:
-            return self
-        if self.valkey_sentinels:
-            raise ValueError("VALKEY_CLUSTER=true and VALKEY_SENTINELS exclude each other")
-        if hash_tag(self.valkey_key_prefix) is None:
-            raise ValueError(
-                "VALKEY_CLUSTER=true needs a hash tag in VALKEY_KEY_PREFIX (e.g."
-                f" VALKEY_KEY_PREFIX={{hb}}:) so that every key shares one slot;"
-                f" got {self.valkey_key_prefix!r}"
-            )
-        if urlsplit(self.valkey_url).path.strip("/") not in ("", "0"):
-            raise ValueError("VALKEY_CLUSTER=true: VALKEY_URL must use database 0 (or none)")
+    def _check_valkey_topology(self) -> Settings:
+        """The Valkey variables that only make sense together (settings_types.py)."""
+        check_valkey_topology(
+            url=self.valkey_url,
+            sentinels=bool(self.valkey_sentinels),
+            sentinel_username=self.valkey_sentinel_username,
+            sentinel_password_set=self.valkey_sentinel_password is not None,
+            sentinel_tls=self.valkey_sentinel_tls,
+            cluster=self.valkey_cluster,
+            key_prefix=self.valkey_key_prefix,
+        )
         return self
 
     @model_validator(mode="after")

@@ -7,7 +7,7 @@ pydantic's message then names the variable.
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field, PositiveFloat
 from pydantic_settings import NoDecode
@@ -131,3 +131,66 @@ def hash_tag(prefix: str) -> str | None:
     start = prefix.find("{")
     end = prefix.find("}", start + 1) if start >= 0 else -1
     return prefix[start + 1 : end] if end > start + 1 else None
+
+
+def check_valkey_topology(
+    *,
+    url: str,
+    sentinels: bool,
+    sentinel_username: str | None,
+    sentinel_password_set: bool,
+    sentinel_tls: bool | None,
+    cluster: bool,
+    key_prefix: str,
+) -> None:
+    """The Valkey variables that only make sense together; ValueError naming them (never
+    a secret's value), checked in this order:
+
+    * with Sentinels they name the server (SPEC §8): VALKEY_URL may leave out the host;
+    * the Sentinels' credentials and TLS mean nothing without Sentinels: set alone, they
+      are a mistake (a password meant for VALKEY_URL?);
+    * TLS options (`?ssl_ca_certs=...`) on a plaintext VALKEY_URL are a forgotten `s`
+      (valkey-py would fail each connection with a TypeError): refused, unless
+      VALKEY_SENTINEL_TLS=true, whose Sentinels then use them (the primary ignores them);
+    * cluster mode needs every key in one slot: Lua scripts and the seed's swap touch
+      several keys at once, which a cluster allows only within one slot."""
+    parts = urlsplit(url)
+    if not sentinels and not parts.hostname:
+        raise ValueError(
+            "VALKEY_URL must name a host (redis://host:6379/0), unless VALKEY_SENTINELS"
+            " names the Sentinels that know it"
+        )
+    given = [
+        name
+        for name, is_set in (
+            ("VALKEY_SENTINEL_USERNAME", sentinel_username is not None),
+            ("VALKEY_SENTINEL_PASSWORD", sentinel_password_set),
+            ("VALKEY_SENTINEL_TLS", sentinel_tls is not None),
+        )
+        if is_set
+    ]
+    if given and not sentinels:
+        raise ValueError(
+            f"{', '.join(given)} set without VALKEY_SENTINELS: they apply to the"
+            " Sentinels only (the primary's password goes in VALKEY_URL)"
+        )
+    if sentinel_username is not None and not sentinel_password_set:
+        raise ValueError("VALKEY_SENTINEL_USERNAME needs VALKEY_SENTINEL_PASSWORD")
+    options = sorted({k for k, _ in parse_qsl(parts.query) if k.startswith("ssl_")})
+    if options and parts.scheme in ("redis", "valkey") and not sentinel_tls:
+        raise ValueError(
+            f"VALKEY_URL has TLS options ({', '.join(options)}) but starts with"
+            f" {parts.scheme}://: use rediss:// or valkeys:// for TLS"
+        )
+    if not cluster:
+        return
+    if sentinels:
+        raise ValueError("VALKEY_CLUSTER=true and VALKEY_SENTINELS exclude each other")
+    if hash_tag(key_prefix) is None:
+        raise ValueError(
+            "VALKEY_CLUSTER=true needs a hash tag in VALKEY_KEY_PREFIX (e.g."
+            f" VALKEY_KEY_PREFIX={{hb}}:) so that every key shares one slot;"
+            f" got {key_prefix!r}"
+        )
+    if parts.path.strip("/") not in ("", "0"):
+        raise ValueError("VALKEY_CLUSTER=true: VALKEY_URL must use database 0 (or none)")
