@@ -1,11 +1,11 @@
 """Two bounds on logins (docs/subsystems/auth.md, "Login throttle"):
 
 * `hashing(ctx)`: at most LOGIN_MAX_CONCURRENT_HASHES password hashes run at once on
-  this instance (default: the CPU count), and 4 times as many (at least 8) may wait for
-  one; past that, HashingOverloaded (503 `overloaded`, Retry-After) at once. A hash is
-  ~50 ms of CPU in a worker thread (passwords.py): unbounded, 150 concurrent logins
-  queued 150 hashes behind the CPU (36 s) and starved everything else the instance
-  serves.
+  this instance (default: the CPU count), and 16 times as many (at least 32) may wait
+  for one (`waiting_room`); past that, HashingOverloaded (503 `overloaded`, Retry-After)
+  at once. A hash is ~0.3 s of CPU in a worker thread here (passwords.py): unbounded,
+  150 concurrent logins queued 150 hashes behind the CPU (36 s) and starved everything
+  else the instance serves.
 * a rate limit per email in Valkey, a fixed window: `refuse_if_throttled` before the
   hash, `count_failure` after a wrong password, `forget_failures` after a right one.
   LOGIN_FAILURE_LIMIT failures within LOGIN_FAILURE_WINDOW_SECONDS (the window starts at
