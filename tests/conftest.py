@@ -55,9 +55,26 @@ def servers() -> Iterator[Servers]:
         )
         try:
             run_migrations(local.database_url)
+            if local.postgres is not None:  # our throwaway server, never TEST_DATABASE_URL's
+                asyncio.run(_commit_without_waiting_for_the_disk(local.database_url))
             yield local
         finally:
             local.stop()
+
+
+async def _commit_without_waiting_for_the_disk(url: str) -> None:
+    """synchronous_commit=off on the embedded test Postgres: a commit no longer waits for
+    its WAL to reach the disk (what is committed is visible at once, as before; only a
+    crash of this throwaway server could lose the last commits). The suite's thousands of
+    commits then stop queueing behind fsyncs that the topology tests' servers (valkey
+    cluster nodes rewrite nodes.conf with fsync on every change) contend for on this VM's
+    one disk: two CI runs lost a test to a Postgres that answered nothing for 2 s."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("ALTER SYSTEM SET synchronous_commit = off")
+        await conn.execute("SELECT pg_reload_conf()")
+    finally:
+        await conn.close()
 
 
 @pytest.fixture

@@ -49,13 +49,18 @@ async def off_loop(call: Callable[..., T], *args: Any) -> T:
 
 
 def cluster_env(cluster: Cluster) -> dict[str, str]:
-    """The app on a node that does not hold the mirror: it must follow redirections."""
+    """The app on a node that does not hold the mirror: it must follow redirections.
+    With the product's DATABASE_TIMEOUT_SECONDS (5 s), not the suite's 2 s: these tests
+    are about Valkey, and while a cluster fails over the heartbeats fall back to Postgres;
+    two CI runs lost this file's failover test to a Postgres connect that outlasted 2 s
+    on a box busy with six valkey-servers (at startup once, mid-failover once)."""
     home = cluster.home(PREFIX)
     elsewhere = next(p for p in cluster.ports if p != home)
     return {
         "VALKEY_URL": cluster.url(elsewhere),
         "VALKEY_CLUSTER": "true",
         "VALKEY_KEY_PREFIX": PREFIX,
+        "DATABASE_TIMEOUT_SECONDS": "5",
     }
 
 
