@@ -18,7 +18,7 @@ from valkey.asyncio.sentinel import (
 from valkey.exceptions import AuthenticationError
 from valkey.utils import LIBVALKEY_AVAILABLE
 
-from halobestie.config import load_settings
+from halobestie.config import Settings, load_settings
 from halobestie.valkey.client import connect
 from halobestie.valkey.topology import (
     SentinelAuthenticationError,
@@ -74,12 +74,19 @@ async def test_without_sentinels_the_url_names_the_server() -> None:
         await client.aclose()
 
 
-def test_the_endpoint_is_what_the_settings_say() -> None:
-    settings = load_settings(
+def production_settings(**overrides: str) -> Settings:
+    """Settings as production reads them (real secrets, no dev defaults) plus `overrides`."""
+    return load_settings(
         DATABASE_URL="postgresql://db/halobestie",
-        VALKEY_URL="valkeys://:pw@ignored:6379/0",
         JWT_SECRET="a-real-production-jwt-secret-0123456789",
         PAYMENT_WEBHOOK_SECRET="a-real-webhook-secret-0123",
+        **overrides,
+    )
+
+
+def test_the_endpoint_is_what_the_settings_say() -> None:
+    settings = production_settings(
+        VALKEY_URL="valkeys://:pw@ignored:6379/0",
         VALKEY_SENTINELS="s1:26379,s2:26379",
         VALKEY_SENTINEL_MASTER="cache",
     )
@@ -156,11 +163,8 @@ async def test_sentinel_tls_says_otherwise_than_the_url(
 
 
 def test_the_endpoint_carries_the_sentinels_credentials_and_tls() -> None:
-    settings = load_settings(
-        DATABASE_URL="postgresql://db/halobestie",
+    settings = production_settings(
         VALKEY_URL="redis://:pw@/0",
-        JWT_SECRET="a-real-production-jwt-secret-0123456789",
-        PAYMENT_WEBHOOK_SECRET="a-real-webhook-secret-0123",
         VALKEY_SENTINELS="s1:26379",
         VALKEY_SENTINEL_USERNAME="app",
         VALKEY_SENTINEL_PASSWORD="s-secret",
